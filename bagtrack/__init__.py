@@ -1,0 +1,49 @@
+"""bagtrack: tracks bags through a warehouse, from child bag to truck."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from . import config as settings
+from .extensions import cache, compress, csrf, db, limiter, login_manager, migrate
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app. It never touches the database: workers fork without a connection."""
+    app = Flask(__name__, instance_path=str(settings.INSTANCE_DIR))
+    app.config.from_mapping(settings.load())
+    if config:
+        app.config.from_mapping(config)
+    if app.config["EMBEDDED"] and not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = settings.embedded_secret_key()
+    settings.apply_backends(app.config)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(settings.MIGRATIONS_DIR), render_as_batch=True)
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    cache.init_app(app)
+    limiter.init_app(app)
+    compress.init_app(app)
+
+    from . import database, web
+
+    database.init_app(app)
+    web.init_app(app)
+
+    from .admin.views import bp as admin_bp
+    from .api.views import bp as api_bp
+    from .auth.views import bp as auth_bp
+    from .bags.views import bp as bags_bp
+    from .bills.views import bp as bills_bp
+    from .dashboard.views import bp as dashboard_bp
+    from .ops.views import bp as ops_bp
+    from .scan.views import bp as scan_bp
+
+    for blueprint in (auth_bp, dashboard_bp, scan_bp, bags_bp, bills_bp, api_bp, ops_bp, admin_bp):
+        app.register_blueprint(blueprint)
+
+    from .cli import register
+
+    register(app)
+    return app

@@ -1,0 +1,234 @@
+"""Bills: loading filled parent bags onto a truck's dispatch document.
+
+Each function is one transaction that locks the bill before the parent
+(the same order as everywhere else), and keeps the bill's parent and child
+counts in step with what it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .audit import record
+from .codes import normalise, normalise_bill_no, require_kind
+from .errors import Refusal
+from .ledger import add_to_tally, in_transaction, log_scan
+from .models import Bag, Bill, User, utcnow
+from .scanning import visible_parent
+
+OFFICE_TALLY = 0  # bills belong to no dispatch area
+
+
+@dataclass
+class BillChange:
+    bill: Bill
+    parent: Bag | None = None
+    duplicate: bool = False
+
+
+def bill_snapshot(bill: Bill) -> dict:
+    return {
+        "status": bill.status,
+        "parent_count": bill.parent_count,
+        "child_count": bill.child_count,
+        "capacity": bill.capacity,
+    }
+
+
+def find_bill(session, raw_bill_no: str | None, *, lock: bool = False) -> Bill:
+    """The bill ``raw_bill_no`` (normalised), or ``bill_not_found``."""
+    bill_no = normalise(raw_bill_no)
+    statement = select(Bill).where(Bill.bill_no == bill_no[:50])
+    if lock:
+        statement = statement.with_for_update(key_share=True)
+    bill = session.scalars(statement).one_or_none() if bill_no else None
+    if bill is None:
+        raise Refusal("bill_not_found", f"Bill {bill_no[:50]} was not found.", qr=bill_no[:64])
+    return bill
+
+
+def _text_field(fields: dict, name: str, limit: int, label: str) -> str:
+    value = fields.get(name) or ""
+    if not isinstance(value, str):
+        raise Refusal("invalid_input", f"{label} must be text.")
+    value = "".join(ch for ch in value if ch.isprintable() or ch == "\n").strip()
+    if len(value) > limit:
+        raise Refusal("invalid_input", f"{label} is at most {limit} characters.")
+    return value
+
+
+def _capacity(raw) -> int:
+    try:
+        capacity = int(str(raw).strip())
+    except (TypeError, ValueError):
+        raise Refusal("invalid_input", "Capacity must be a whole number of parent bags from 1 to 500.") from None
+    if not 1 <= capacity <= 500:
+        raise Refusal("invalid_input", "Capacity must be a whole number of parent bags from 1 to 500.")
+    return capacity
+
+
+def create_bill(session, user: User, fields: dict) -> Bill:
+    """Open a new bill.
+
+    ``bill_no`` is normalised like a QR and must be 1–50 of ``A-Z 0-9 -``
+    (``invalid_bill_no``) and unused (``bill_exists``); ``capacity`` is a
+    number of parent bags from 1 to 500; other bad fields are
+    ``invalid_input``.
+    """
+
+    def work() -> Bill:
+        bill_no = normalise_bill_no(fields.get("bill_no"))
+        capacity = _capacity(fields.get("capacity"))
+        bill = Bill(
+            bill_no=bill_no,
+            status="open",
+            capacity=capacity,
+            destination=_text_field(fields, "destination", 200, "Destination"),
+            vehicle_no=_text_field(fields, "vehicle_no", 50, "Vehicle number").upper(),
+            description=_text_field(fields, "description", 2000, "Description"),
+            parent_count=0,
+            child_count=0,
+            created_by_id=user.id if user is not None else None,
+        )
+        if session.scalar(select(Bill.id).where(Bill.bill_no == bill_no)) is not None:
+            raise Refusal("bill_exists", f"Bill {bill_no} already exists.")
+        session.add(bill)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise Refusal("bill_exists", f"Bill {bill_no} already exists.") from None
+        add_to_tally(session, OFFICE_TALLY, bills_open=1)
+        record(session, user, "bill.create", bill_no, after=bill_snapshot(bill))
+        return bill
+
+    return in_transaction(session, work, user=user)
+
+
+def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None) -> BillChange:
+    """Load a parent bag onto an open bill.
+
+    Checked in this order: the code is a valid parent code; the bill exists;
+    the parent exists (parents are never created here); a parent already on
+    this bill is a ``duplicate`` success even on a closed or full bill; then
+    ``bill_closed``, ``parent_on_other_bill`` (naming it), ``parent_empty``
+    and ``bill_full``.
+    """
+
+    def work() -> BillChange:
+        code = require_kind(raw_qr, "parent")
+        bill = find_bill(session, raw_bill_no, lock=True)
+        try:
+            parent = visible_parent(session, user, code.value, lock=True)
+        except Refusal as refusal:
+            refusal.bill_id = bill.id
+            raise
+        if parent.bill_id == bill.id:
+            log_scan(
+                session, user=user, kind="load", qr=parent.qr, bag_id=parent.id, parent_id=parent.id,
+                bill_id=bill.id, area_id=parent.area_id, reason="duplicate",
+            )
+            add_to_tally(session, parent.area_id, scans_ok=1)
+            return BillChange(bill, parent, duplicate=True)
+        if bill.status != "open":
+            raise Refusal("bill_closed", f"Bill {bill.bill_no} is closed.", qr=parent.qr, parent=parent, bill=bill)
+        if parent.bill_id is not None:
+            other = session.scalar(select(Bill.bill_no).where(Bill.id == parent.bill_id))
+            raise Refusal(
+                "parent_on_other_bill", f"Parent bag {parent.qr} is already on bill {other}.",
+                qr=parent.qr, parent=parent, bill=bill,
+            )
+        if parent.child_count == 0:
+            raise Refusal(
+                "parent_empty", f"Parent bag {parent.qr} is empty; fill it before loading.",
+                qr=parent.qr, parent=parent, bill=bill,
+            )
+        if bill.parent_count >= bill.capacity:
+            raise Refusal(
+                "bill_full", f"Bill {bill.bill_no} is full ({bill.parent_count}/{bill.capacity} parent bags).",
+                qr=parent.qr, parent=parent, bill=bill,
+            )
+        before = bill_snapshot(bill)
+        parent.bill_id = bill.id
+        bill.parent_count += 1
+        bill.child_count += parent.child_count
+        session.flush()
+        log_scan(
+            session, user=user, kind="load", qr=parent.qr, bag_id=parent.id, parent_id=parent.id,
+            bill_id=bill.id, area_id=parent.area_id,
+        )
+        add_to_tally(session, parent.area_id, scans_ok=1, parents_billed=1)
+        record(session, user, "bill.load_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill))
+        return BillChange(bill, parent)
+
+    return in_transaction(session, work, user=user, scan_kind="load")
+
+
+def remove_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None) -> BillChange:
+    """Take a parent bag off an open bill (``bill_closed``, ``parent_not_on_bill``)."""
+
+    def work() -> BillChange:
+        code = require_kind(raw_qr, "parent")
+        bill = find_bill(session, raw_bill_no, lock=True)
+        parent = visible_parent(session, user, code.value, lock=True)
+        if bill.status != "open":
+            raise Refusal("bill_closed", f"Bill {bill.bill_no} is closed.", qr=parent.qr, parent=parent, bill=bill)
+        if parent.bill_id != bill.id:
+            raise Refusal(
+                "parent_not_on_bill", f"Parent bag {parent.qr} is not on bill {bill.bill_no}.",
+                qr=parent.qr, parent=parent, bill=bill,
+            )
+        before = bill_snapshot(bill)
+        parent.bill_id = None
+        bill.parent_count -= 1
+        bill.child_count -= parent.child_count
+        session.flush()
+        log_scan(
+            session, user=user, kind="unload", qr=parent.qr, bag_id=parent.id, parent_id=parent.id,
+            bill_id=bill.id, area_id=parent.area_id,
+        )
+        add_to_tally(session, parent.area_id, scans_ok=1, parents_billed=-1)
+        record(session, user, "bill.remove_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill))
+        return BillChange(bill, parent)
+
+    return in_transaction(session, work, user=user, scan_kind="unload")
+
+
+def close_bill(session, user: User, raw_bill_no: str | None) -> BillChange:
+    """Close an open bill; it needs at least one parent (``bill_empty``). Closing twice is a duplicate."""
+
+    def work() -> BillChange:
+        bill = find_bill(session, raw_bill_no, lock=True)
+        if bill.status == "closed":
+            return BillChange(bill, duplicate=True)
+        if bill.parent_count == 0:
+            raise Refusal("bill_empty", f"Bill {bill.bill_no} has no parent bags; load one before closing it.")
+        before = bill_snapshot(bill)
+        bill.status = "closed"
+        bill.closed_at = utcnow()
+        session.flush()
+        add_to_tally(session, OFFICE_TALLY, bills_open=-1, bills_closed=1)
+        record(session, user, "bill.close", bill.bill_no, before=before, after=bill_snapshot(bill))
+        return BillChange(bill)
+
+    return in_transaction(session, work, user=user)
+
+
+def reopen_bill(session, user: User, raw_bill_no: str | None) -> BillChange:
+    """Reopen a closed bill so parents can be loaded or removed again. Reopening an open bill is a duplicate."""
+
+    def work() -> BillChange:
+        bill = find_bill(session, raw_bill_no, lock=True)
+        if bill.status == "open":
+            return BillChange(bill, duplicate=True)
+        before = bill_snapshot(bill)
+        bill.status = "open"
+        bill.closed_at = None
+        session.flush()
+        add_to_tally(session, OFFICE_TALLY, bills_open=1, bills_closed=-1)
+        record(session, user, "bill.reopen", bill.bill_no, before=before, after=bill_snapshot(bill))
+        return BillChange(bill)
+
+    return in_transaction(session, work, user=user)

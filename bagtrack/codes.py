@@ -1,0 +1,84 @@
+"""Normalising and classifying scanned codes (QR labels and bill numbers)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from flask import current_app
+
+from .errors import Refusal
+
+QR_MAX_LENGTH = 64
+BILL_NO_MAX_LENGTH = 50
+BILL_NO_PATTERN = re.compile(r"^[A-Z0-9-]{1,50}$", re.ASCII)
+
+
+def normalise(raw: str | None) -> str:
+    """Drop every control/format character (Cc, Cf), trim, upper-case.
+
+    Scanners append CR, LF or TAB and some send zero-width characters; none of
+    them is ever part of a code.
+    """
+    if raw is None:
+        return ""
+    kept = "".join(ch for ch in raw if unicodedata.category(ch) not in ("Cc", "Cf"))
+    return kept.strip().upper()
+
+
+@dataclass(frozen=True)
+class Code:
+    value: str
+    kind: str  # "parent" or "child"
+
+
+def expected_formats() -> str:
+    parent = current_app.config["BAGTRACK_PARENT_QR"].pattern
+    child = current_app.config["BAGTRACK_CHILD_QR"].pattern
+    return f"a parent code matches {parent}, a child code matches {child}"
+
+
+def classify(raw: str | None) -> Code:
+    """Normalise ``raw`` and tell a parent code from a child code.
+
+    A code matching the parent pattern is a parent, any other code matching
+    the child pattern is a child, and anything else is ``invalid_qr``.
+    """
+    value = normalise(raw)
+    if not value:
+        raise Refusal("invalid_qr", f"No code was scanned: {expected_formats()}.")
+    if len(value) > QR_MAX_LENGTH:
+        raise Refusal(
+            "invalid_qr",
+            f"A code is at most {QR_MAX_LENGTH} characters: {expected_formats()}.",
+            qr=value[:QR_MAX_LENGTH],
+        )
+    if current_app.config["BAGTRACK_PARENT_QR"].fullmatch(value):
+        return Code(value, "parent")
+    if current_app.config["BAGTRACK_CHILD_QR"].fullmatch(value):
+        return Code(value, "child")
+    raise Refusal("invalid_qr", f"{value} is not a bag code: {expected_formats()}.", qr=value)
+
+
+def require_kind(raw: str | None, kind: str) -> Code:
+    """Classify ``raw`` and refuse it with ``wrong_kind`` unless it is a ``kind`` code."""
+    code = classify(raw)
+    if code.kind != kind:
+        raise Refusal(
+            "wrong_kind",
+            f"{code.value} is a {code.kind} bag code; a {kind} bag is needed here.",
+            qr=code.value,
+        )
+    return code
+
+
+def normalise_bill_no(raw: str | None) -> str:
+    value = normalise(raw)
+    if not BILL_NO_PATTERN.fullmatch(value):
+        raise Refusal(
+            "invalid_bill_no",
+            "A bill number is 1 to 50 characters of A-Z, 0-9 and '-'.",
+            qr=value[:QR_MAX_LENGTH],
+        )
+    return value

@@ -1,0 +1,49 @@
+"""Refusals: the rule-based answers of the domain, with their HTTP status."""
+
+from __future__ import annotations
+
+STATUS_BY_CODE = {
+    "invalid_input": 400,
+    "invalid_qr": 400,
+    "invalid_bill_no": 400,
+    "csrf_failed": 400,
+    "forbidden": 403,
+    "not_found": 404,
+    "parent_not_found": 404,
+    "bill_not_found": 404,
+    "method_not_allowed": 405,
+    "wrong_kind": 409,
+    "parent_on_bill": 409,
+    "child_in_other_parent": 409,
+    "parent_full": 409,
+    "parent_empty": 409,
+    "nothing_to_undo": 409,
+    "bill_exists": 409,
+    "bill_closed": 409,
+    "bill_full": 409,
+    "bill_empty": 409,
+    "parent_on_other_bill": 409,
+    "parent_not_on_bill": 409,
+    "too_large": 413,
+    "rate_limited": 429,
+    "unavailable": 503,
+}
+
+
+class Refusal(Exception):
+    """A request the rules refuse: a stable ``code``, a sentence for people.
+
+    ``qr``, ``parent`` and ``bill`` say what was scanned, so the refusal can
+    be written to the scan log; only their ids are kept, because the
+    transaction they were read in is rolled back.
+    """
+
+    def __init__(self, code: str, message: str, *, qr: str | None = None, parent=None, bill=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = STATUS_BY_CODE[code]
+        self.qr = qr
+        self.parent_id = parent.id if parent is not None else None
+        self.area_id = parent.area_id if parent is not None else None
+        self.bill_id = bill.id if bill is not None else None

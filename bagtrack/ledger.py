@@ -1,0 +1,139 @@
+"""The write side shared by every domain action: one transaction, the scan
+log, and the dashboard tally."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+
+from .errors import Refusal
+from .models import TALLY_FIELDS, Scan, Tally, User, utcnow
+
+T = TypeVar("T")
+
+TALLY_SHARDS = 8
+# Deadlock and serialization failures are safe to retry: nothing was committed.
+RETRYABLE_PGCODES = {"40P01", "40001"}
+ATTEMPTS = 3
+
+
+def _dialect_insert(session, model):
+    name = session.get_bind().dialect.name
+    module = postgresql if name == "postgresql" else sqlite
+    return module.insert(model)
+
+
+def insert_ignoring_duplicates(session, model, values: dict, key: str):
+    """INSERT a row unless one with the same ``key`` exists; return its new id or None."""
+    statement = (
+        _dialect_insert(session, model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[key])
+        .returning(model.id)
+    )
+    return session.execute(statement).scalar_one_or_none()
+
+
+def add_to_tally(session, area_id: int, **deltas: int) -> None:
+    """Add ``deltas`` to today's tally of ``area_id`` (0 for bills) in this transaction."""
+    unknown = set(deltas) - set(TALLY_FIELDS)
+    if unknown:
+        raise ValueError(f"not tally fields: {sorted(unknown)}")
+    day = datetime.now(UTC).date()
+    row = {field: deltas.get(field, 0) for field in TALLY_FIELDS}
+    statement = _dialect_insert(session, Tally).values(
+        area_id=area_id, day=day, shard=random.randrange(TALLY_SHARDS), **row
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["area_id", "day", "shard"],
+        set_={field: getattr(Tally, field) + statement.excluded[field] for field in deltas},
+    )
+    session.execute(statement)
+
+
+def log_scan(
+    session,
+    *,
+    user: User | None,
+    kind: str,
+    qr: str,
+    bag_id: int | None = None,
+    parent_id: int | None = None,
+    bill_id: int | None = None,
+    area_id: int | None = None,
+    reason: str | None = None,
+    outcome: str = "ok",
+) -> None:
+    session.execute(
+        insert(Scan).values(
+            at=utcnow(),
+            kind=kind,
+            outcome=outcome,
+            reason=reason,
+            qr=(qr or "")[:64],
+            bag_id=bag_id,
+            parent_id=parent_id,
+            bill_id=bill_id,
+            user_id=user.id if user is not None else None,
+            area_id=area_id,
+        )
+    )
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "pgcode", None) in RETRYABLE_PGCODES
+
+
+def in_transaction(
+    session,
+    work: Callable[[], T],
+    *,
+    user: User | None = None,
+    scan_kind: str | None = None,
+) -> T:
+    """Run ``work`` as one transaction and commit it.
+
+    A :class:`Refusal` rolls everything back; when ``scan_kind`` is given the
+    refusal is then written to the scan log in a transaction of its own, so
+    supervisors see error rates, and re-raised. Deadlocks and serialization
+    failures are retried: nothing of the failed attempt was committed.
+    """
+    for attempt in range(ATTEMPTS):
+        try:
+            result = work()
+            session.commit()
+            return result
+        except Refusal as refusal:
+            session.rollback()
+            if scan_kind is not None:
+                _log_refusal(session, refusal, user=user, scan_kind=scan_kind)
+            raise
+        except DBAPIError as exc:
+            session.rollback()
+            if attempt + 1 < ATTEMPTS and _retryable(exc):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def _log_refusal(session, refusal: Refusal, *, user: User | None, scan_kind: str) -> None:
+    area_id = refusal.area_id or getattr(user, "area_id", None)
+    log_scan(
+        session,
+        user=user,
+        kind=scan_kind,
+        qr=refusal.qr or "",
+        parent_id=refusal.parent_id,
+        bill_id=refusal.bill_id,
+        area_id=area_id,
+        reason=refusal.code,
+        outcome="rejected",
+    )
+    add_to_tally(session, area_id or 0, scans_rejected=1)
+    session.commit()

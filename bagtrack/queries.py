@@ -1,0 +1,109 @@
+"""Read-side queries behind the pages and the JSON API.
+
+Lists are newest first with keyset pagination on the primary key (``before``
+an id), so a page costs the same on the millionth row as on the first. Every
+query is scoped to the areas the user may see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import aliased
+
+from .access import area_scope, scoped
+from .models import Bag, Bill, DispatchArea, Scan, User
+
+
+def scan_rows(session, user: User, *, limit: int, before: int | None = None, bag: Bag | None = None,
+              bill: Bill | None = None):
+    """Scan log rows the user may see, newest first, with names instead of ids."""
+    parent = aliased(Bag)
+    statement = (
+        select(
+            Scan.id, Scan.at, Scan.kind, Scan.outcome, Scan.reason, Scan.qr,
+            parent.qr.label("parent_qr"), Bill.bill_no, User.username,
+            DispatchArea.code.label("area_code"),
+        )
+        .outerjoin(parent, parent.id == Scan.parent_id)
+        .outerjoin(Bill, Bill.id == Scan.bill_id)
+        .outerjoin(User, User.id == Scan.user_id)
+        .outerjoin(DispatchArea, DispatchArea.id == Scan.area_id)
+        .order_by(Scan.id.desc())
+        .limit(limit)
+    )
+    statement = scoped(statement, user, Scan.area_id)
+    if before is not None:
+        statement = statement.where(Scan.id < before)
+    if bag is not None:
+        if bag.kind == "parent":
+            statement = statement.where(or_(Scan.bag_id == bag.id, Scan.parent_id == bag.id))
+        else:
+            statement = statement.where(Scan.bag_id == bag.id)
+    if bill is not None:
+        statement = statement.where(Scan.bill_id == bill.id)
+    return session.execute(statement).all()
+
+
+@dataclass
+class BagFilters:
+    kind: str | None = None
+    status: str | None = None
+    area: str | None = None
+    bill: str | None = None
+    q: str | None = None
+
+
+KINDS = ("parent", "child")
+STATUSES = ("open", "complete", "packed", "loose")
+
+
+def bag_page(session, user: User, filters: BagFilters, *, limit: int, before: int | None = None):
+    """One page of the bag list and the id to pass as ``before`` for the next (or None)."""
+    statement = select(Bag).order_by(Bag.id.desc()).limit(limit + 1)
+    statement = scoped(statement, user, Bag.area_id)
+    if before is not None:
+        statement = statement.where(Bag.id < before)
+    if filters.kind in KINDS:
+        statement = statement.where(Bag.kind == filters.kind)
+    if filters.status in STATUSES:
+        statement = statement.where(Bag.status == filters.status)
+    if filters.area:
+        area_id = session.scalar(select(DispatchArea.id).where(DispatchArea.code == filters.area))
+        statement = statement.where(Bag.area_id == (area_id or -1))
+    if filters.bill:
+        bill_id = session.scalar(select(Bill.id).where(Bill.bill_no == filters.bill))
+        statement = statement.where(Bag.bill_id == (bill_id or -1))
+    if filters.q:
+        statement = statement.where(Bag.qr.startswith(filters.q, autoescape=True))
+    bags = list(session.scalars(statement))
+    next_before = bags[limit - 1].id if len(bags) > limit else None
+    return bags[:limit], next_before
+
+
+def children_of(session, parent: Bag) -> list[str]:
+    return list(session.scalars(select(Bag.qr).where(Bag.parent_id == parent.id).order_by(Bag.linked_at, Bag.id)))
+
+
+def parents_on_bill(session, bill: Bill) -> list[Bag]:
+    return list(session.scalars(select(Bag).where(Bag.bill_id == bill.id).order_by(Bag.qr)))
+
+
+def bill_page(session, *, limit: int, before: int | None = None, status: str | None = None):
+    statement = select(Bill).order_by(Bill.id.desc()).limit(limit + 1)
+    if before is not None:
+        statement = statement.where(Bill.id < before)
+    if status in ("open", "closed"):
+        statement = statement.where(Bill.status == status)
+    bills = list(session.scalars(statement))
+    next_before = bills[limit - 1].id if len(bills) > limit else None
+    return bills[:limit], next_before
+
+
+def areas_for(session, user: User) -> list[DispatchArea]:
+    statement = select(DispatchArea).order_by(DispatchArea.code)
+    scope = area_scope(user)
+    if scope is not None:
+        statement = statement.where(DispatchArea.id == scope)
+    return list(session.scalars(statement))

@@ -1,0 +1,302 @@
+"""Filling parent bags with child bags on the floor.
+
+Every function here is one transaction. A parent is locked (``FOR NO KEY
+UPDATE``) before anything about it is decided, so concurrent scanners on one
+parent queue on that row and the capacity can never be exceeded. Locks are
+always taken in the order bill → parent → child, so these transactions
+cannot deadlock one another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select
+
+from .access import area_scope, may_see_area
+from .audit import record
+from .codes import require_kind
+from .errors import Refusal
+from .ledger import add_to_tally, in_transaction, insert_ignoring_duplicates, log_scan
+from .models import Bag, DispatchArea, User, utcnow
+
+
+@dataclass
+class ParentScan:
+    parent: Bag
+    created: bool
+
+
+@dataclass
+class ChildScan:
+    parent: Bag
+    child: Bag
+    created: bool
+    duplicate: bool
+
+
+@dataclass
+class Undo:
+    parent: Bag
+    child: Bag
+
+
+@dataclass
+class CloseShort:
+    parent: Bag
+    duplicate: bool
+
+
+def find_bag(session, qr: str, *, lock: bool = False) -> Bag | None:
+    statement = select(Bag).where(Bag.qr == qr)
+    if lock:
+        statement = statement.with_for_update(key_share=True, of=Bag)
+    return session.scalars(statement).one_or_none()
+
+
+def visible_parent(session, user: User, qr: str, *, lock: bool = False) -> Bag:
+    """The parent ``qr``, or ``parent_not_found`` if it is unknown or out of the user's area."""
+    parent = find_bag(session, qr, lock=lock)
+    if parent is None or not may_see_area(user, parent.area_id):
+        raise Refusal("parent_not_found", f"Parent bag {qr} was not found.", qr=qr)
+    if parent.kind != "parent":
+        raise Refusal("wrong_kind", f"{qr} is a child bag, not a parent bag.", qr=qr)
+    return parent
+
+
+def area_for_new_parent(session, user: User, area_code: str | None) -> int:
+    """A dispatcher's new parents go to their own area; billers and admins name one."""
+    scope = area_scope(user)
+    if scope is not None:
+        return scope
+    code = (area_code or "").strip().upper()
+    if not code:
+        raise Refusal("invalid_input", "Choose the dispatch area (field 'area') for a new parent bag.")
+    area_id = session.scalar(select(DispatchArea.id).where(DispatchArea.code == code))
+    if area_id is None:
+        raise Refusal("invalid_input", f"There is no dispatch area {code[:20]}.")
+    return area_id
+
+
+def scan_parent(session, user: User, raw_qr: str | None, area_code: str | None = None) -> ParentScan:
+    """Start or resume filling a parent bag.
+
+    An unknown valid parent code creates the parent (in the dispatcher's area,
+    or the area a biller/admin names); a known one is resumed. A parent in
+    another area than a dispatcher's is ``parent_not_found``.
+    """
+
+    def work() -> ParentScan:
+        code = require_kind(raw_qr, "parent")
+        parent = find_bag(session, code.value)
+        created = False
+        if parent is None:
+            area_id = area_for_new_parent(session, user, area_code)
+            new_id = insert_ignoring_duplicates(
+                session,
+                Bag,
+                {
+                    "qr": code.value,
+                    "kind": "parent",
+                    "status": "open",
+                    "area_id": area_id,
+                    "child_count": 0,
+                    "capacity": current_app.config["BAGTRACK_PARENT_CAPACITY"],
+                    "created_by_id": user.id,
+                    "created_at": utcnow(),
+                },
+                "qr",
+            )
+            created = new_id is not None
+            if created:
+                add_to_tally(session, area_id, parents=1)
+        parent = visible_parent(session, user, code.value)
+        log_scan(
+            session, user=user, kind="parent", qr=code.value, bag_id=parent.id,
+            parent_id=parent.id, bill_id=parent.bill_id, area_id=parent.area_id,
+        )
+        add_to_tally(session, parent.area_id, scans_ok=1)
+        return ParentScan(parent, created)
+
+    return in_transaction(session, work, user=user, scan_kind="parent")
+
+
+def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) -> ChildScan:
+    """Put a child bag into a parent bag.
+
+    Checked in this order: both codes valid and of the right kind; the parent
+    exists in the user's area (``parent_not_found``); a child already in this
+    parent is a success with ``duplicate`` and changes nothing, even on a full
+    or billed parent; a parent on a bill is frozen (``parent_on_bill``); a
+    child in another parent is refused (``child_in_other_parent``); a complete
+    parent is ``parent_full``. An unknown child is created. The child that
+    fills the parent to capacity completes it in the same transaction.
+    """
+    def work() -> ChildScan:
+        parent_code = require_kind(raw_parent, "parent")
+        child_code = require_kind(raw_qr, "child")
+        parent = visible_parent(session, user, parent_code.value, lock=True)
+        child = find_bag(session, child_code.value, lock=True)
+        created = False
+        if child is None:
+            _refuse_unless_parent_takes_children(parent, child_code.value)
+            new_id = insert_ignoring_duplicates(
+                session,
+                Bag,
+                {
+                    "qr": child_code.value,
+                    "kind": "child",
+                    "status": "loose",
+                    "area_id": parent.area_id,
+                    "created_by_id": user.id,
+                    "created_at": utcnow(),
+                },
+                "qr",
+            )
+            created = new_id is not None
+            # Created (by us, or a moment ago by another scanner): lock and decide.
+            child = find_bag(session, child_code.value, lock=True)
+        if child.kind != "child":
+            raise Refusal(
+                "wrong_kind", f"{child.qr} is a parent bag, not a child bag.", qr=child.qr, parent=parent
+            )
+        if child.parent_id == parent.id:
+            log_scan(
+                session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id,
+                bill_id=parent.bill_id, area_id=parent.area_id, reason="duplicate",
+            )
+            add_to_tally(session, parent.area_id, scans_ok=1)
+            return ChildScan(parent, child, created=False, duplicate=True)
+        if child.parent_id is not None:
+            # Frozen parents say so first; otherwise name the other parent if the user may see it.
+            _refuse_unless_parent_takes_children(parent, child.qr, check_full=False)
+            other = session.execute(
+                select(Bag.qr, Bag.area_id).where(Bag.id == child.parent_id)
+            ).one()
+            if may_see_area(user, other.area_id):
+                message = f"Child bag {child.qr} is already in parent bag {other.qr}."
+            else:
+                message = f"Child bag {child.qr} is already packed in another area."
+            raise Refusal("child_in_other_parent", message, qr=child.qr, parent=parent)
+        _refuse_unless_parent_takes_children(parent, child.qr)
+
+        child.parent_id = parent.id
+        child.status = "packed"
+        child.area_id = parent.area_id
+        child.linked_by_id = user.id
+        child.linked_at = utcnow()
+        parent.child_count += 1
+        completed = parent.child_count >= parent.capacity
+        if completed:
+            parent.status = "complete"
+        session.flush()
+        log_scan(
+            session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id,
+            area_id=parent.area_id,
+        )
+        add_to_tally(
+            session, parent.area_id, scans_ok=1, children=int(created), parents_complete=int(completed)
+        )
+        return ChildScan(parent, child, created=created, duplicate=False)
+
+    return in_transaction(session, work, user=user, scan_kind="child")
+
+
+def _refuse_unless_parent_takes_children(parent: Bag, child_qr: str, *, check_full: bool = True) -> None:
+    if parent.bill_id is not None:
+        raise Refusal(
+            "parent_on_bill",
+            f"Parent bag {parent.qr} is loaded on a bill; its contents cannot change.",
+            qr=child_qr, parent=parent,
+        )
+    if check_full and (parent.status == "complete" or parent.child_count >= parent.capacity):
+        raise Refusal(
+            "parent_full",
+            f"Parent bag {parent.qr} is complete ({parent.child_count}/{parent.capacity}).",
+            qr=child_qr, parent=parent,
+        )
+
+
+def undo_last(session, user: User, raw_parent: str | None) -> Undo:
+    """Take the user's most recent child out of a parent.
+
+    Only a child this user linked within ``BAGTRACK_UNDO_WINDOW_S`` seconds
+    qualifies (``nothing_to_undo`` otherwise). The child bag stays, unlinked;
+    a complete parent becomes open again. A parent on a bill is frozen
+    (``parent_on_bill``).
+    """
+    def work() -> Undo:
+        parent_code = require_kind(raw_parent, "parent")
+        parent = visible_parent(session, user, parent_code.value, lock=True)
+        if parent.bill_id is not None:
+            raise Refusal(
+                "parent_on_bill",
+                f"Parent bag {parent.qr} is loaded on a bill; its contents cannot change.",
+                qr=parent.qr, parent=parent,
+            )
+        since = utcnow() - timedelta(seconds=current_app.config["BAGTRACK_UNDO_WINDOW_S"])
+        child = session.scalars(
+            select(Bag)
+            .where(Bag.parent_id == parent.id, Bag.linked_by_id == user.id, Bag.linked_at >= since)
+            .order_by(Bag.linked_at.desc(), Bag.id.desc())
+            .limit(1)
+            .with_for_update(key_share=True, of=Bag)
+        ).one_or_none()
+        if child is None:
+            raise Refusal(
+                "nothing_to_undo",
+                f"You scanned no child into {parent.qr} in the last "
+                f"{current_app.config['BAGTRACK_UNDO_WINDOW_S'] // 60} minutes.",
+                qr=parent.qr, parent=parent,
+            )
+        child.parent_id = None
+        child.status = "loose"
+        child.linked_by_id = None
+        child.linked_at = None
+        was_complete = parent.status == "complete"
+        parent.child_count -= 1
+        parent.status = "open"
+        session.flush()
+        log_scan(
+            session, user=user, kind="undo", qr=child.qr, bag_id=child.id, parent_id=parent.id,
+            area_id=parent.area_id,
+        )
+        add_to_tally(session, parent.area_id, scans_ok=1, parents_complete=-int(was_complete))
+        return Undo(parent, child)
+
+    return in_transaction(session, work, user=user, scan_kind="undo")
+
+
+def close_parent(session, user: User, raw_qr: str | None) -> CloseShort:
+    """Mark a parent complete before it is full (biller/admin).
+
+    An already complete parent is a ``duplicate`` success; an empty one is
+    ``parent_empty``. The action is written to the audit log.
+    """
+    def work() -> CloseShort:
+        code = require_kind(raw_qr, "parent")
+        parent = visible_parent(session, user, code.value, lock=True)
+        if parent.status == "complete":
+            return CloseShort(parent, duplicate=True)
+        if parent.child_count == 0:
+            raise Refusal(
+                "parent_empty", f"Parent bag {parent.qr} is empty; there is nothing to close.",
+                qr=parent.qr, parent=parent,
+            )
+        parent.status = "complete"
+        session.flush()
+        log_scan(
+            session, user=user, kind="close", qr=parent.qr, bag_id=parent.id, parent_id=parent.id,
+            bill_id=parent.bill_id, area_id=parent.area_id,
+        )
+        add_to_tally(session, parent.area_id, scans_ok=1, parents_complete=1)
+        record(
+            session, user, "parent.close_short", parent.qr,
+            before={"status": "open", "child_count": parent.child_count},
+            after={"status": "complete", "child_count": parent.child_count},
+        )
+        return CloseShort(parent, duplicate=False)
+
+    return in_transaction(session, work, user=user, scan_kind="close")

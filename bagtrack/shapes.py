@@ -1,0 +1,64 @@
+"""The JSON shapes of the HTTP contract."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import current_app
+
+from .extensions import db
+from .models import Bag, Bill
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Stored times are naive UTC; the contract speaks ISO 8601 with a Z."""
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="seconds") + "Z"
+
+
+def parent_json(parent: Bag, bill_no: str | None = None) -> dict:
+    if bill_no is None and parent.bill_id is not None:
+        bill_no = db.session.get(Bill, parent.bill_id).bill_no
+    return {
+        "qr": parent.qr,
+        "status": parent.status,
+        "child_count": parent.child_count,
+        "capacity": parent.capacity,
+        "area": parent.area.code,
+        "bill_no": bill_no,
+    }
+
+
+def bill_json(bill: Bill) -> dict:
+    child_weight = current_app.config["BAGTRACK_CHILD_WEIGHT_KG"]
+    parent_capacity = current_app.config["BAGTRACK_PARENT_CAPACITY"]
+    return {
+        "bill_no": bill.bill_no,
+        "status": bill.status,
+        "parent_count": bill.parent_count,
+        "capacity": bill.capacity,
+        "child_count": bill.child_count,
+        "weight_kg": round(bill.child_count * child_weight, 3),
+        "expected_weight_kg": round(bill.capacity * parent_capacity * child_weight, 3),
+        "destination": bill.destination,
+        "vehicle_no": bill.vehicle_no,
+        "created_at": iso(bill.created_at),
+        "closed_at": iso(bill.closed_at),
+    }
+
+
+def scan_json(row) -> dict:
+    """A row of :func:`bagtrack.queries.scan_rows`."""
+    return {
+        "id": row.id,
+        "at": iso(row.at),
+        "kind": row.kind,
+        "outcome": row.outcome,
+        "reason": row.reason,
+        "qr": row.qr,
+        "parent": row.parent_qr,
+        "bill_no": row.bill_no,
+        "user": row.username,
+        "area": row.area_code,
+    }

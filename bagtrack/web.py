@@ -1,0 +1,112 @@
+"""What every blueprint shares: JSON-or-HTML answers and the error pages."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, render_template, request
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+from .errors import STATUS_BY_CODE, Refusal
+from .extensions import db, login_manager
+from .models import User
+
+HTTP_CODES = {
+    400: ("invalid_input", "The request was not understood."),
+    401: ("login_required", "Please log in."),
+    403: ("forbidden", "You are not allowed to do that."),
+    404: ("not_found", "Not found."),
+    405: ("method_not_allowed", "That method is not allowed here."),
+    413: ("too_large", "The request is too large."),
+    429: ("rate_limited", "Too many requests; slow down and try again shortly."),
+}
+STATUS_BY_CODE.setdefault("login_required", 401)
+
+
+def wants_json() -> bool:
+    """JSON for ``/api/*`` and for clients that ask for it with ``Accept``."""
+    if request.path.startswith("/api/"):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def json_ok(status: int = 200, **body):
+    return jsonify(ok=True, **body), status
+
+
+def json_error(code: str, message: str, status: int | None = None, headers: dict | None = None):
+    response = jsonify(ok=False, error=code, message=message)
+    response.status_code = status or STATUS_BY_CODE.get(code, 400)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def refusal_answer(refusal: Refusal, render_page):
+    """Answer a refusal: JSON for JSON clients, else ``render_page(refusal)`` with its status."""
+    if wants_json():
+        return json_error(refusal.code, refusal.message, refusal.status)
+    return render_page(refusal), refusal.status
+
+
+def error_page(code: str, message: str, status: int, headers: dict | None = None):
+    if wants_json():
+        return json_error(code, message, status, headers)
+    response = render_template("error.html", status=status, code=code, message=message), status
+    if headers:
+        return (*response, headers)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @login_manager.user_loader
+    def load_user(user_id: str) -> User | None:
+        # The id carries the session version: a password reset or disable ends old sessions.
+        raw_id, _, version = user_id.partition(":")
+        if not raw_id.isdigit() or not version.isdigit():
+            return None
+        user = db.session.get(User, int(raw_id))
+        if user is None or user.session_version != int(version) or not user.active:
+            return None
+        return user
+
+    @login_manager.unauthorized_handler
+    def unauthorized():
+        from flask import redirect, url_for
+
+        if wants_json():
+            return json_error("login_required", "Please log in.", 401)
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+    @app.errorhandler(Refusal)
+    def on_refusal(refusal: Refusal):
+        return error_page(refusal.code, refusal.message, refusal.status)
+
+    @app.errorhandler(CSRFError)
+    def on_csrf_error(error: CSRFError):
+        return error_page(
+            "csrf_failed",
+            "The form's security token is missing or stale. Reload the page and try again.",
+            400,
+        )
+
+    @app.errorhandler(HTTPException)
+    def on_http_error(error: HTTPException):
+        code, message = HTTP_CODES.get(error.code, ("invalid_input", error.description or "Bad request."))
+        if error.code in (400, 403, 404) and error.description and not error.description.startswith(
+            ("The browser", "You don't", "The requested URL")
+        ):
+            message = error.description
+        headers = dict(error.get_headers()) if error.code == 405 else None
+        if headers:
+            headers.pop("Content-Type", None)
+        return error_page(code, message, error.code or 500, headers)
+
+    @app.context_processor
+    def inject_user_roles():
+        user = current_user
+        return {
+            "is_biller": bool(user and user.is_authenticated and user.has_role("biller")),
+            "is_admin": bool(user and user.is_authenticated and user.has_role("admin")),
+        }
