@@ -5,7 +5,11 @@ from __future__ import annotations
 from flask import Flask
 
 from . import config as settings
-from .extensions import cache, compress, csrf, db, limiter, login_manager, migrate
+from . import observability
+
+# Aliased: once imported, the submodule bagtrack.cache takes the name ``cache`` here.
+from .extensions import cache as flask_cache
+from .extensions import compress, csrf, db, login_manager, migrate
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -17,19 +21,20 @@ def create_app(config: dict | None = None) -> Flask:
     if app.config["EMBEDDED"] and not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = settings.embedded_secret_key()
     settings.apply_backends(app.config)
+    observability.init_app(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(settings.MIGRATIONS_DIR), render_as_batch=True)
     login_manager.init_app(app)
     csrf.init_app(app)
-    cache.init_app(app)
-    limiter.init_app(app)
+    flask_cache.init_app(app)
     compress.init_app(app)
 
-    from . import database, web
+    from . import database, limits, security, web
 
     database.init_app(app)
     web.init_app(app)
+    security.init_app(app)
 
     from .admin.views import bp as admin_bp
     from .api.views import bp as api_bp
@@ -42,6 +47,8 @@ def create_app(config: dict | None = None) -> Flask:
 
     for blueprint in (auth_bp, dashboard_bp, scan_bp, bags_bp, bills_bp, api_bp, ops_bp, admin_bp):
         app.register_blueprint(blueprint)
+    # After the blueprints: the named limits are put on their routes.
+    limits.init_app(app)
 
     from .cli import register
 

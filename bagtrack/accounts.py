@@ -133,7 +133,7 @@ def set_area(session, actor: User | None, username: str, area_code: str) -> User
     area = find_area(session, area_code)
 
     def change(user: User) -> None:
-        user.area_id = area.id
+        user.area = area
         user.session_version += 1
 
     return _change_user(session, actor, username, "user.set_area", change)
@@ -191,7 +191,9 @@ def authenticate(session, username: str | None, password: str | None) -> User:
     invalid = LoginRefused("Wrong username or password.")
     if not name or not password or len(name) > 64 or len(password) > 256:
         raise invalid
-    user = session.scalar(select(User).where(User.username == name).with_for_update(of=User))
+    user = session.scalar(
+        select(User).where(User.username == name).with_for_update(of=User).execution_options(populate_existing=True)
+    )
     if user is None:
         session.rollback()
         raise invalid

@@ -43,7 +43,8 @@ def find_bill(session, raw_bill_no: str | None, *, lock: bool = False) -> Bill:
     bill_no = normalise(raw_bill_no)
     statement = select(Bill).where(Bill.bill_no == bill_no[:50])
     if lock:
-        statement = statement.with_for_update(key_share=True)
+        # The session keeps objects across commits; a locked read must replace their stale values.
+        statement = statement.with_for_update(key_share=True).execution_options(populate_existing=True)
     bill = session.scalars(statement).one_or_none() if bill_no else None
     if bill is None:
         raise Refusal("bill_not_found", f"Bill {bill_no[:50]} was not found.", qr=bill_no[:64])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from dataclasses import dataclass
 
@@ -13,6 +14,10 @@ from .errors import Refusal
 QR_MAX_LENGTH = 64
 BILL_NO_MAX_LENGTH = 50
 BILL_NO_PATTERN = re.compile(r"^[A-Z0-9-]{1,50}$", re.ASCII)
+# Only ASCII letters are upper-cased: str.upper() turns look-alikes such as the
+# long s (U+017F) or the fi ligature (U+FB01) into ASCII ("S", "FI"), which
+# would let them pass as codes.
+ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
 
 
 def normalise(raw: str | None) -> str:
@@ -24,7 +29,7 @@ def normalise(raw: str | None) -> str:
     if raw is None:
         return ""
     kept = "".join(ch for ch in raw if unicodedata.category(ch) not in ("Cc", "Cf"))
-    return kept.strip().upper()
+    return kept.strip().translate(ASCII_UPPER)
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,21 @@ class Code:
     kind: str  # "parent" or "child"
 
 
+def code_pattern(setting: str) -> re.Pattern[str]:
+    """The configured pattern, matched in ASCII mode (full-width digits are not digits).
+
+    The setting may be given as a string or a compiled pattern (tests and
+    ``create_app(config)`` pass either).
+    """
+    pattern = current_app.config[setting]
+    source = pattern if isinstance(pattern, str) else pattern.pattern
+    flags = 0 if isinstance(pattern, str) else pattern.flags & ~re.UNICODE
+    return re.compile(source, flags | re.ASCII)
+
+
 def expected_formats() -> str:
-    parent = current_app.config["BAGTRACK_PARENT_QR"].pattern
-    child = current_app.config["BAGTRACK_CHILD_QR"].pattern
+    parent = code_pattern("BAGTRACK_PARENT_QR").pattern
+    child = code_pattern("BAGTRACK_CHILD_QR").pattern
     return f"a parent code matches {parent}, a child code matches {child}"
 
 
@@ -54,9 +71,9 @@ def classify(raw: str | None) -> Code:
             f"A code is at most {QR_MAX_LENGTH} characters: {expected_formats()}.",
             qr=value[:QR_MAX_LENGTH],
         )
-    if current_app.config["BAGTRACK_PARENT_QR"].fullmatch(value):
+    if code_pattern("BAGTRACK_PARENT_QR").fullmatch(value):
         return Code(value, "parent")
-    if current_app.config["BAGTRACK_CHILD_QR"].fullmatch(value):
+    if code_pattern("BAGTRACK_CHILD_QR").fullmatch(value):
         return Code(value, "child")
     raise Refusal("invalid_qr", f"{value} is not a bag code: {expected_formats()}.", qr=value)
 

@@ -74,6 +74,62 @@ def env_pattern(environ: Mapping[str, str], name: str, default: str) -> re.Patte
         raise ConfigError(f"{name} is not a valid regular expression: {exc}") from None
 
 
+def env_rate(environ: Mapping[str, str], name: str, default: str) -> str:
+    """A rate limit such as ``30/minute`` (several separated by ``;``)."""
+    from limits import parse_many
+
+    raw = env_str(environ, name, default)
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a rate such as 30/minute, got {raw!r}") from None
+    return raw
+
+
+PROXY_FIX_HOPS = ("x_for", "x_proto", "x_host", "x_port", "x_prefix")
+
+
+def env_proxy_fix(environ: Mapping[str, str], name: str) -> dict[str, int]:
+    """How many proxies set each ``X-Forwarded-*`` header; empty or ``0``: no proxy is trusted.
+
+    ``x_for=1,x_proto=1,x_host=1`` names them; a bare number ``N`` trusts N
+    proxies for ``X-Forwarded-For`` and ``X-Forwarded-Proto``.
+    """
+    raw = env_str(environ, name, "0")
+    if raw.isdigit():
+        hops = int(raw)
+        return {"x_for": hops, "x_proto": hops} if hops else {}
+    counts = {}
+    for part in raw.split(","):
+        key, _, value = part.strip().partition("=")
+        if key not in PROXY_FIX_HOPS or not value.strip().isdigit():
+            raise ConfigError(f"{name} must look like x_for=1,x_proto=1,x_host=1 or be a number, got {raw!r}")
+        counts[key] = int(value)
+    return {key: value for key, value in counts.items() if value}
+
+
+def env_log_level(environ: Mapping[str, str], name: str, default: str) -> str:
+    level = env_str(environ, name, default).upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(f"{name} must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}")
+    return level
+
+
+def env_networks(environ: Mapping[str, str], name: str, default: str) -> tuple:
+    """A comma-separated list of IP addresses and CIDR networks; empty means none."""
+    import ipaddress
+
+    raw = environ.get(name, default)
+    networks = []
+    for part in raw.split(","):
+        if part.strip():
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{name} must list IP addresses or networks, got {part.strip()!r}") from None
+    return tuple(networks)
+
+
 def with_psycopg2(url: str) -> str:
     """SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3; this stack runs psycopg2."""
     for prefix in ("postgres://", "postgresql://"):
@@ -118,6 +174,18 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         # Database pool.
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options(environ, database_url),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+        # Applied with SET LOCAL in every PostgreSQL transaction (safe behind PgBouncer); 0 turns one off.
+        "BAGTRACK_DB_STATEMENT_TIMEOUT_MS": env_int(environ, "BAGTRACK_DB_STATEMENT_TIMEOUT_MS", 5000, minimum=0),
+        "BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": env_int(
+            environ, "BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10000, minimum=0
+        ),
+        # Observability: log level, slow thresholds (0 turns one off), readiness and metrics access.
+        "BAGTRACK_LOG_LEVEL": env_log_level(environ, "BAGTRACK_LOG_LEVEL", "INFO"),
+        "BAGTRACK_SLOW_REQUEST_MS": env_float(environ, "BAGTRACK_SLOW_REQUEST_MS", 500.0),
+        "BAGTRACK_SLOW_QUERY_MS": env_float(environ, "BAGTRACK_SLOW_QUERY_MS", 200.0),
+        "BAGTRACK_READY_TIMEOUT_S": env_float(environ, "BAGTRACK_READY_TIMEOUT_S", 1.0, minimum=0.05),
+        "BAGTRACK_METRICS_TOKEN": env_str(environ, "BAGTRACK_METRICS_TOKEN"),
+        "BAGTRACK_METRICS_ALLOW": env_networks(environ, "BAGTRACK_METRICS_ALLOW", "127.0.0.1,::1"),
         # Requests and sessions.
         "MAX_CONTENT_LENGTH": env_int(environ, "BAGTRACK_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
         "BAGTRACK_SESSION_IDLE_MINUTES": env_int(environ, "BAGTRACK_SESSION_IDLE_MINUTES", 30, minimum=1),
@@ -130,6 +198,38 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "REMEMBER_COOKIE_DURATION": timedelta(0),
         "WTF_CSRF_TIME_LIMIT": None,
         "WTF_CSRF_SSL_STRICT": True,
+        # The session records its last use once a minute; no cookie rewrite on every scan.
+        "SESSION_REFRESH_EACH_REQUEST": False,
+        "MAX_FORM_MEMORY_SIZE": env_int(environ, "BAGTRACK_MAX_FORM_MEMORY_BYTES", 256 * 1024, minimum=1024),
+        "MAX_FORM_PARTS": env_int(environ, "BAGTRACK_MAX_FORM_PARTS", 500, minimum=10),
+        "BAGTRACK_MAX_UPLOAD_BYTES": env_int(environ, "BAGTRACK_MAX_UPLOAD_BYTES", 64 * 1024 * 1024, minimum=1024),
+        "BAGTRACK_PROXY_FIX": env_proxy_fix(environ, "BAGTRACK_PROXY_FIX"),
+        # Dashboard figures cache and Redis.
+        "BAGTRACK_STATS_TTL_S": env_float(environ, "BAGTRACK_STATS_TTL_S", 5.0, minimum=0.1),
+        "BAGTRACK_REDIS_TIMEOUT_S": env_float(environ, "BAGTRACK_REDIS_TIMEOUT_S", 0.25, minimum=0.01),
+        "BAGTRACK_REDIS_RETRY_S": env_float(environ, "BAGTRACK_REDIS_RETRY_S", 5.0),
+        # Rate limits (limits notation: "30/minute", "5/second;100/hour").
+        "RATELIMIT_ENABLED": env_bool(environ, "BAGTRACK_RATELIMIT_ENABLED", True),
+        "BAGTRACK_LIMIT_LOGIN_IP": env_rate(environ, "BAGTRACK_LIMIT_LOGIN_IP", "30/minute"),
+        "BAGTRACK_LIMIT_LOGIN_USER": env_rate(environ, "BAGTRACK_LIMIT_LOGIN_USER", "10/minute"),
+        "BAGTRACK_LIMIT_SCAN": env_rate(environ, "BAGTRACK_LIMIT_SCAN", "300/minute"),
+        "BAGTRACK_LIMIT_BILL_LOAD": env_rate(environ, "BAGTRACK_LIMIT_BILL_LOAD", "300/minute"),
+        "BAGTRACK_LIMIT_DEFAULT": env_rate(environ, "BAGTRACK_LIMIT_DEFAULT", "600/minute"),
+        # Compression: brotli, else gzip, for text answers worth compressing.
+        "COMPRESS_ALGORITHM": ["br", "gzip"],
+        "COMPRESS_MIMETYPES": [
+            "text/html",
+            "application/json",
+            "text/css",
+            "application/javascript",
+            "text/javascript",
+            "text/plain",
+        ],
+        "COMPRESS_MIN_SIZE": env_int(environ, "BAGTRACK_COMPRESS_MIN_BYTES", 500, minimum=0),
+        "COMPRESS_BR_LEVEL": env_int(environ, "BAGTRACK_COMPRESS_BR_LEVEL", 4, minimum=0),
+        "COMPRESS_LEVEL": env_int(environ, "BAGTRACK_COMPRESS_GZIP_LEVEL", 6, minimum=1),
+        # Streamed answers (exports) must reach the client as they are produced.
+        "COMPRESS_STREAMS": False,
     }
 
 
@@ -166,10 +266,21 @@ def apply_backends(config: dict) -> None:
     redis_url = config.get("REDIS_URL")
     config.setdefault("CACHE_KEY_PREFIX", "bagtrack:")
     config.setdefault("CACHE_DEFAULT_TIMEOUT", 5)
+    # Redis answers in a millisecond; waiting longer than this only stalls a
+    # worker that would do better to query the database or count in memory.
+    timeout = config.get("BAGTRACK_REDIS_TIMEOUT_S", 0.25)
+    redis_options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    config.setdefault("RATELIMIT_STRATEGY", "fixed-window")
     if redis_url:
         config.setdefault("CACHE_TYPE", "RedisCache")
         config.setdefault("CACHE_REDIS_URL", redis_url)
+        config.setdefault("CACHE_OPTIONS", redis_options)
         config.setdefault("RATELIMIT_STORAGE_URI", redis_url)
+        config.setdefault(
+            "RATELIMIT_STORAGE_OPTIONS", {**redis_options, "key_prefix": config["CACHE_KEY_PREFIX"] + "limits"}
+        )
     else:
         config.setdefault("CACHE_TYPE", "SimpleCache")
         config.setdefault("RATELIMIT_STORAGE_URI", "memory://")

@@ -1,10 +1,16 @@
-"""Per-connection database settings, hooked on the engine without connecting."""
+"""Per-connection database settings, hooked on the engine without connecting:
+transaction timeouts on PostgreSQL, SQLite's write lock, slow-query logging
+and pool gauges."""
 
 from __future__ import annotations
 
-from flask import Flask
-from sqlalchemy import event
+from time import perf_counter
 
+from flask import Flask, has_request_context
+from sqlalchemy import event
+from sqlalchemy.pool import QueuePool
+
+from . import observability
 from .extensions import db
 
 
@@ -13,6 +19,45 @@ def init_app(app: Flask) -> None:
         engine = db.engine
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    if engine.dialect.name == "postgresql":
+        _configure_postgresql(
+            engine,
+            app.config["BAGTRACK_DB_STATEMENT_TIMEOUT_MS"],
+            app.config["BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS"],
+        )
+    if app.config["BAGTRACK_SLOW_QUERY_MS"]:
+        _log_slow_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
+    _publish_pool_usage(engine)
+
+
+def _configure_postgresql(engine, statement_timeout_ms: int, idle_in_transaction_timeout_ms: int) -> None:
+    """Every transaction of a request runs under a statement timeout and an idle-in-transaction timeout.
+
+    Only requests: migrations, seeding, imports and exports run from the CLI
+    and may rightly run one statement for minutes.
+
+    They are set with ``SET LOCAL`` when the transaction begins rather than as
+    startup ``options`` or a session ``SET``: PgBouncer in transaction mode
+    refuses the ``options`` startup parameter and hands session settings to
+    whichever client gets the server connection next, while a ``SET LOCAL``
+    ends with its transaction wherever it ran. It costs one round trip per
+    transaction (both settings travel in one statement). A statement that
+    times out raises ``QueryCanceled``; the rollback that follows leaves the
+    connection clean for the pool.
+    """
+    settings = []
+    if statement_timeout_ms:
+        settings.append(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
+    if idle_in_transaction_timeout_ms:
+        settings.append(f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_in_transaction_timeout_ms)}")
+    if not settings:
+        return
+    statement = "; ".join(settings)
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection):
+        if has_request_context():
+            connection.exec_driver_sql(statement)
 
 
 def _configure_sqlite(engine) -> None:
@@ -36,3 +81,44 @@ def _configure_sqlite(engine) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _log_slow_queries(engine, threshold_ms: float) -> None:
+    """Warn about every statement slower than ``threshold_ms``."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before(connection, _cursor, _statement, _parameters, _context, _executemany):
+        # One slot per connection is enough: statements on a connection never nest.
+        connection.info["query_started"] = perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def after(connection, _cursor, statement, _parameters, _context, _executemany):
+        duration_ms = (perf_counter() - connection.info["query_started"]) * 1000
+        if duration_ms >= threshold_ms:
+            observability.log_slow_query(statement, duration_ms)
+
+
+def _publish_pool_usage(engine) -> None:
+    """Keep the pool gauges (size, open, checked out, overflow) in step with the pool."""
+    pool = engine.pool
+    usage = observability.PoolUsage(pool.size() if isinstance(pool, QueuePool) else 0)
+
+    @event.listens_for(engine, "connect")
+    def on_connect(_dbapi_connection, _record):
+        usage.change(connections=1)
+
+    @event.listens_for(engine, "close")
+    def on_close(_dbapi_connection, _record):
+        usage.change(connections=-1)
+
+    @event.listens_for(engine, "detach")
+    def on_detach(_dbapi_connection, _record):
+        usage.change(connections=-1)
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(_dbapi_connection, _record, _proxy):
+        usage.change(checked_out=1)
+
+    @event.listens_for(engine, "checkin")
+    def on_checkin(_dbapi_connection, _record):
+        usage.change(checked_out=-1)

@@ -12,6 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
+from . import cache
 from .errors import Refusal
 from .models import TALLY_FIELDS, Scan, Tally, User, utcnow
 
@@ -21,6 +22,8 @@ TALLY_SHARDS = 8
 # Deadlock and serialization failures are safe to retry: nothing was committed.
 RETRYABLE_PGCODES = {"40P01", "40001"}
 ATTEMPTS = 3
+# The areas whose tally the current transaction changed, announced to the cache after commit.
+CHANGED_TALLIES = "bagtrack.changed_tallies"
 
 
 def _dialect_insert(session, model):
@@ -45,6 +48,7 @@ def add_to_tally(session, area_id: int, **deltas: int) -> None:
     unknown = set(deltas) - set(TALLY_FIELDS)
     if unknown:
         raise ValueError(f"not tally fields: {sorted(unknown)}")
+    session.info.setdefault(CHANGED_TALLIES, set()).add(area_id)
     day = datetime.now(UTC).date()
     row = {field: deltas.get(field, 0) for field in TALLY_FIELDS}
     statement = _dialect_insert(session, Tally).values(
@@ -105,9 +109,11 @@ def in_transaction(
     failures are retried: nothing of the failed attempt was committed.
     """
     for attempt in range(ATTEMPTS):
+        session.info.pop(CHANGED_TALLIES, None)
         try:
             result = work()
             session.commit()
+            cache.announce(scan_kind, session.info.pop(CHANGED_TALLIES, ()))
             return result
         except Refusal as refusal:
             session.rollback()

@@ -13,7 +13,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import aliased
 
 from .access import area_scope, scoped
-from .models import Bag, Bill, DispatchArea, Scan, User
+from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User
 
 
 def scan_rows(session, user: User, *, limit: int, before: int | None = None, bag: Bag | None = None,
@@ -107,3 +107,17 @@ def areas_for(session, user: User) -> list[DispatchArea]:
     if scope is not None:
         statement = statement.where(DispatchArea.id == scope)
     return list(session.scalars(statement))
+
+
+def all_users(session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+def audit_page(session, *, limit: int, before: int | None = None):
+    """One page of the audit log, newest first, and the id to pass as ``before`` for the next (or None)."""
+    statement = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit + 1)
+    if before is not None:
+        statement = statement.where(AuditEntry.id < before)
+    entries = list(session.scalars(statement))
+    next_before = entries[limit - 1].id if len(entries) > limit else None
+    return entries[:limit], next_before

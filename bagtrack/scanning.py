@@ -52,7 +52,8 @@ class CloseShort:
 def find_bag(session, qr: str, *, lock: bool = False) -> Bag | None:
     statement = select(Bag).where(Bag.qr == qr)
     if lock:
-        statement = statement.with_for_update(key_share=True, of=Bag)
+        # The session keeps objects across commits; a locked read must replace their stale values.
+        statement = statement.with_for_update(key_share=True, of=Bag).execution_options(populate_existing=True)
     return session.scalars(statement).one_or_none()
 
 
@@ -110,14 +111,13 @@ def scan_parent(session, user: User, raw_qr: str | None, area_code: str | None =
                 "qr",
             )
             created = new_id is not None
-            if created:
-                add_to_tally(session, area_id, parents=1)
         parent = visible_parent(session, user, code.value)
         log_scan(
             session, user=user, kind="parent", qr=code.value, bag_id=parent.id,
             parent_id=parent.id, bill_id=parent.bill_id, area_id=parent.area_id,
         )
-        add_to_tally(session, parent.area_id, scans_ok=1)
+        # One tally row per transaction: two shard locks taken in random order could deadlock.
+        add_to_tally(session, parent.area_id, scans_ok=1, parents=int(created))
         return ParentScan(parent, created)
 
     return in_transaction(session, work, user=user, scan_kind="parent")
@@ -243,12 +243,13 @@ def undo_last(session, user: User, raw_parent: str | None) -> Undo:
             .order_by(Bag.linked_at.desc(), Bag.id.desc())
             .limit(1)
             .with_for_update(key_share=True, of=Bag)
+            .execution_options(populate_existing=True)
         ).one_or_none()
         if child is None:
             raise Refusal(
                 "nothing_to_undo",
                 f"You scanned no child into {parent.qr} in the last "
-                f"{current_app.config['BAGTRACK_UNDO_WINDOW_S'] // 60} minutes.",
+                f"{current_app.config['BAGTRACK_UNDO_WINDOW_S']} seconds.",
                 qr=parent.qr, parent=parent,
             )
         child.parent_id = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, render_template, request
+import sqlalchemy.exc
+from flask import Flask, abort, jsonify, render_template, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
@@ -21,6 +22,8 @@ HTTP_CODES = {
     429: ("rate_limited", "Too many requests; slow down and try again shortly."),
 }
 STATUS_BY_CODE.setdefault("login_required", 401)
+# Seconds a client should wait after a 503 (the pool and connect timeouts are a few seconds).
+RETRY_AFTER_S = 5
 
 
 def wants_json() -> bool:
@@ -29,6 +32,16 @@ def wants_json() -> bool:
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def before_arg() -> int | None:
+    """The keyset cursor ``?before=`` of a list page: a positive id or None; anything else is a 400."""
+    raw = request.args.get("before", "")
+    if raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
+        abort(400, "'before' must be a positive whole number.")
+    return int(raw)
 
 
 def json_ok(status: int = 200, **body):
@@ -89,6 +102,25 @@ def init_app(app: Flask) -> None:
             "csrf_failed",
             "The form's security token is missing or stale. Reload the page and try again.",
             400,
+        )
+
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    def on_database_unavailable(error: sqlalchemy.exc.SQLAlchemyError):
+        # Pool exhausted, database unreachable or a statement timed out: tell the
+        # client to come back shortly. The error page is drawn for an anonymous
+        # user so that rendering it does not ask the database again.
+        from flask import current_app, g
+
+        from .observability import describe_database_error
+
+        current_app.logger.warning("database unavailable: %s", describe_database_error(error))
+        g._login_user = login_manager.anonymous_user()
+        return error_page(
+            "unavailable",
+            "The database did not answer in time. Try again in a few seconds; scanning the same bag again is safe.",
+            503,
+            {"Retry-After": str(RETRY_AFTER_S)},
         )
 
     @app.errorhandler(HTTPException)

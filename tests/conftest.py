@@ -15,6 +15,7 @@ import re
 import uuid
 
 import pytest
+from flask import g, has_app_context
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -33,6 +34,9 @@ CSRF_META = re.compile(r'name="csrf-token" content="([^"]+)"')
 
 DATABASE_URL = os.environ.get("DATABASE_URL")
 REDIS_URL = os.environ.get("REDIS_URL")
+# Settings are read from the environment before the test config applies; with
+# DATABASE_URL set (production mode) they need a secret key.
+os.environ.setdefault("SECRET_KEY", "test-secret")
 REQUIRE_BACKENDS = os.environ.get("BAGTRACK_REQUIRE_BACKENDS") == "1"
 
 
@@ -149,6 +153,11 @@ class BagtrackClient(FlaskClient):
             headers = dict(kwargs.pop("headers", None) or {})
             headers.setdefault("X-CSRFToken", self.csrf_token)
             kwargs["headers"] = headers
+        # Requests run in the test's app context (sharing its database session); each
+        # still starts with an empty ``g``, as in production: no user or CSRF token
+        # cached by an earlier request or another client.
+        if has_app_context():
+            vars(g._get_current_object()).clear()
         return super().open(*args, **kwargs)
 
     def fetch_csrf_token(self) -> str:
@@ -229,6 +238,8 @@ def make_parent(app, make_area, make_user):
         for _ in range(children):
             scanning.scan_child(db.session, actor, qr, f"C{uuid.uuid4().hex[:10].upper()}")
         db.session.refresh(parent)
+        # End the read transaction: on SQLite it holds the write lock a live server needs.
+        db.session.commit()
         return parent
 
     return make

@@ -14,6 +14,6 @@ def test_child_scan_over_http(make_user, make_parent, login_as):
     parent = make_parent()
     client = login_as(worker)
     response = client.post("/scan/child", data={"parent": parent.qr, "qr": "abc123\r\n"}, headers=JSON)
-    assert response.status_code == 200, response.get_json()
+    assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert body["ok"] is True and body["parent"]["child_count"] == 1

@@ -7,12 +7,12 @@ from flask_login import current_user, login_required
 
 from .. import queries
 from ..access import area_scope, may_see_area
+from ..cache import dashboard_figures
 from ..codes import normalise
 from ..extensions import db
 from ..models import Bag, Bill
 from ..scanning import find_bag
 from ..shapes import iso, scan_json
-from ..stats import dashboard_figures
 from ..web import json_error
 
 bp = Blueprint("api", __name__, url_prefix="/api")

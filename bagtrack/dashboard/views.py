@@ -1,13 +1,37 @@
-from flask import Blueprint
+"""The supervisors' pages: the figures of the floor and the scan log."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template
+from flask_login import current_user, login_required
+
+from .. import queries
+from ..access import area_scope
+from ..extensions import db
+from ..stats import dashboard_figures
+from ..web import before_arg
 
 bp = Blueprint("dashboard", __name__)
 
+RECENT_SCANS = 20
+
 
 @bp.get("/")
+@login_required
 def index():
-    return "dashboard"
+    return render_template(
+        "dashboard/index.html",
+        figures=dashboard_figures(db.session, area_scope(current_user)),
+        scans=queries.scan_rows(db.session, current_user, limit=RECENT_SCANS),
+    )
 
 
 @bp.get("/scans")
+@login_required
 def scans():
-    return "scans"
+    limit = current_app.config["BAGTRACK_PAGE_SIZE"]
+    before = before_arg()
+    # One row more than shown tells whether an older page exists.
+    rows = queries.scan_rows(db.session, current_user, limit=limit + 1, before=before)
+    next_before = rows[limit - 1].id if len(rows) > limit else None
+    return render_template("dashboard/scans.html", scans=rows[:limit], next_before=next_before, before=before)

@@ -1,0 +1,219 @@
+"""The dashboard figures, served from the cache and invalidated by the events that change them.
+
+Figures are cached per area scope (one entry per dispatch area, one for all
+areas). An entry is fresh for ``BAGTRACK_STATS_TTL_S`` seconds and only while
+nothing it sums has changed since: every domain write announces, after its
+commit, which tallies it changed (``on_child_scanned`` and friends), and that
+stamps a new random token on the area's and on the bills' figures. An entry
+remembers the tokens it was computed under, so a write that commits during a
+recomputation still makes the result stale.
+
+When an entry is stale, one worker (the holder of a short lock) recomputes it
+while the others serve the stale entry; with no entry at all they wait briefly
+for the holder. Every cache call fails open: a Redis error means a direct
+query, and Redis is left alone for ``BAGTRACK_REDIS_RETRY_S`` seconds so an
+outage costs one timeout, not one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+
+from flask import current_app
+
+from . import observability, stats
+from .extensions import cache
+
+log = logging.getLogger(__name__)
+
+# Bump when the shape of a cached entry changes: a deploy then never reads the old shape.
+CACHE_SCHEMA = 1
+NAMESPACE = f"v{CACHE_SCHEMA}:figures"
+OFFICE_TALLY = 0  # the tally of bills, which belong to no area
+# A recomputation takes milliseconds; the lock only outlives a worker that died holding it.
+LOCK_MS = 2000
+# Without any entry to serve, wait this long for the lock holder, then query directly.
+WAIT_S = 0.25
+POLL_S = 0.01
+# Stale entries are kept this many TTLs so they can be served during a recomputation.
+KEEP_TTLS = 12
+
+
+def dashboard_figures(session, area_id: int | None) -> dict:
+    """The figures of ``/api/stats`` for one area (``None``: all areas), at most a TTL old.
+
+    A figure never stays stale after the write that changed it has been
+    announced, except for the few milliseconds another worker spends
+    recomputing it. A cache failure falls back to computing the figures.
+    """
+    scope = "all" if area_id is None else str(area_id)
+    keys = (_entry_key(scope), _token_key(scope), _token_key("bills"))
+    entry, *tokens = _read(keys)
+    if entry is not None and _current(entry, tokens):
+        observability.count_cache(hit=True)
+        return entry["figures"]
+    lock = _take_lock(scope)
+    if lock is None:
+        # Another worker is recomputing (or the cache is down): serve what there is.
+        served = entry["figures"] if entry is not None else _wait_for_entry(keys)
+        observability.count_cache(hit=served is not None)
+        return served if served is not None else stats.dashboard_figures(session, area_id)
+    observability.count_cache(hit=False)
+    try:
+        figures = stats.dashboard_figures(session, area_id)
+        _store(keys[0], {"figures": figures, "at": time.time(), "tokens": tokens})
+    finally:
+        _release(lock)
+    return figures
+
+
+def on_parent_scanned(area_id: int) -> None:
+    """A parent was started or resumed in ``area_id``: its parent and scan counts changed."""
+    _area_changed(area_id)
+
+
+def on_child_scanned(area_id: int) -> None:
+    """A child went into, or was undone from, a parent of ``area_id``."""
+    _area_changed(area_id)
+
+
+def on_parent_closed(area_id: int) -> None:
+    """A parent of ``area_id`` was closed short: it counts as complete."""
+    _area_changed(area_id)
+
+
+def on_parent_loaded(area_id: int) -> None:
+    """A parent of ``area_id`` was loaded onto, or removed from, a bill."""
+    _area_changed(area_id)
+
+
+def on_bill_changed() -> None:
+    """A bill was created, closed or reopened: every scope shows the bill figures."""
+    _write_tokens(["bills"])
+
+
+EVENTS_BY_SCAN_KIND = {
+    "parent": on_parent_scanned,
+    "child": on_child_scanned,
+    "undo": on_child_scanned,
+    "close": on_parent_closed,
+    "load": on_parent_loaded,
+    "unload": on_parent_loaded,
+}
+
+
+def announce(scan_kind: str | None, area_ids: Iterable[int]) -> None:
+    """Called by the ledger after a commit that changed the tallies of ``area_ids``.
+
+    The write is committed by then: nothing here may turn it into an error.
+    """
+    try:
+        for area_id in area_ids:
+            if area_id == OFFICE_TALLY:
+                on_bill_changed()
+            else:
+                EVENTS_BY_SCAN_KIND.get(scan_kind, _area_changed)(area_id)
+    except Exception:
+        log.exception("announcing changed figures failed")
+
+
+def _area_changed(area_id: int) -> None:
+    _write_tokens([str(area_id), "all"])
+
+
+def _entry_key(scope: str) -> str:
+    return f"{NAMESPACE}:entry:{scope}"
+
+
+def _token_key(scope: str) -> str:
+    return f"{NAMESPACE}:token:{scope}"
+
+
+def _lock_key(scope: str) -> str:
+    return f"{NAMESPACE}:lock:{scope}"
+
+
+def _current(entry: dict, tokens: list) -> bool:
+    ttl = current_app.config["BAGTRACK_STATS_TTL_S"]
+    return entry.get("tokens") == tokens and time.time() - entry.get("at", 0) < ttl
+
+
+def _state() -> dict:
+    return current_app.extensions.setdefault("bagtrack.cache", {"down_until": 0.0})
+
+
+def _available() -> bool:
+    return time.monotonic() >= _state()["down_until"]
+
+
+def _failed(action: str) -> None:
+    log.warning("cache %s failed; using the database directly", action, exc_info=True)
+    _state()["down_until"] = time.monotonic() + current_app.config["BAGTRACK_REDIS_RETRY_S"]
+
+
+def _read(keys: tuple[str, ...]) -> list:
+    if _available():
+        try:
+            return cache.get_many(*keys)
+        except Exception:
+            _failed("read")
+    return [None] * len(keys)
+
+
+def _store(key: str, entry: dict) -> None:
+    if not _available():
+        return
+    keep = max(30, int(current_app.config["BAGTRACK_STATS_TTL_S"] * KEEP_TTLS))
+    try:
+        cache.set(key, entry, timeout=keep)
+    except Exception:
+        _failed("write")
+
+
+def _write_tokens(scopes: list[str]) -> None:
+    if not _available():
+        return
+    # A fresh random token can never equal one an entry was computed under,
+    # even after Redis evicted or lost the previous token.
+    token = secrets.token_hex(8)
+    try:
+        cache.set_many({_token_key(scope): token for scope in scopes}, timeout=0)
+    except Exception:
+        _failed("invalidation")
+
+
+def _take_lock(scope: str) -> str | None:
+    """The lock's key when this worker may recompute ``scope`` (``SET NX PX`` on Redis), else None."""
+    if not _available():
+        return None
+    key = _lock_key(scope)
+    try:
+        client = getattr(cache.cache, "_write_client", None)
+        if client is not None:
+            taken = client.set(current_app.config["CACHE_KEY_PREFIX"] + key, b"1", nx=True, px=LOCK_MS)
+        else:
+            taken = cache.add(key, 1, timeout=max(1, LOCK_MS // 1000))
+    except Exception:
+        _failed("lock")
+        return None
+    return key if taken else None
+
+
+def _release(lock_key: str) -> None:
+    try:
+        cache.delete(lock_key)
+    except Exception:
+        _failed("unlock")
+
+
+def _wait_for_entry(keys: tuple[str, ...]) -> dict | None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and _available():
+        time.sleep(POLL_S)
+        entry, *tokens = _read(keys)
+        if entry is not None and _current(entry, tokens):
+            return entry["figures"]
+    return None

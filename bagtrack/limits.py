@@ -1,0 +1,180 @@
+"""Rate limits and request size limits, declared in one place by named scope.
+
+Logged-in users are limited one by one (scanners on the floor may share an
+address); anonymous requests by address. Login is limited by address and by
+the posted username, loosely enough that the account lockout, not the
+limiter, is what a guesser meets first. Scans and bill loading get a generous
+limit of their own, everything else a default; health, readiness, metrics and
+static files are never limited. Every rate is a setting
+(``BAGTRACK_LIMIT_*``). Counters live in Redis when ``REDIS_URL`` is set; when
+Redis fails the limiter counts in memory and errors are swallowed, so an
+outage loosens the limits and never answers 500.
+
+Request bodies are limited to ``MAX_CONTENT_LENGTH`` (1 MiB) except on views
+marked with :func:`accepts_upload`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask, current_app, request
+from flask_limiter import RateLimitExceeded
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import Rule
+
+from . import observability
+from .accounts import normalise_username
+from .extensions import limiter, rate_limit_key
+from .web import error_page
+
+log = logging.getLogger(__name__)
+
+UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
+UPLOAD_MARK = "bagtrack_accepts_upload"
+
+
+def client_address() -> str:
+    return f"ip:{request.remote_addr or 'unknown'}"
+
+
+def posted_username() -> str:
+    """The username a login form names; without one the attempt counts against its address."""
+    name = normalise_username(request.form.get("username"))[:64]
+    return f"username:{name}" if name else client_address()
+
+
+def login_ip_rate() -> str:
+    return current_app.config["BAGTRACK_LIMIT_LOGIN_IP"]
+
+
+def login_user_rate() -> str:
+    return current_app.config["BAGTRACK_LIMIT_LOGIN_USER"]
+
+
+def scan_rate() -> str:
+    return current_app.config["BAGTRACK_LIMIT_SCAN"]
+
+
+def bill_load_rate() -> str:
+    return current_app.config["BAGTRACK_LIMIT_BILL_LOAD"]
+
+
+def default_rate() -> str:
+    return current_app.config["BAGTRACK_LIMIT_DEFAULT"]
+
+
+def is_login(rule: Rule) -> bool:
+    return rule.endpoint == "auth.login"
+
+
+def is_scan(rule: Rule) -> bool:
+    return rule.rule.startswith("/scan/")
+
+
+def is_bill_load(rule: Rule) -> bool:
+    return rule.rule.startswith("/bills/") and rule.rule.endswith("/parents")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A named limit: its rate, what it counts by, and which POST routes it covers."""
+
+    name: str
+    rate: Callable[[], str]
+    key: Callable[[], str]
+    covers: Callable[[Rule], bool]
+    message: str
+
+
+SCOPES = (
+    Scope(
+        "login_ip",
+        login_ip_rate,
+        client_address,
+        is_login,
+        "Too many login attempts from this address.",
+    ),
+    Scope(
+        "login_user",
+        login_user_rate,
+        posted_username,
+        is_login,
+        "Too many login attempts for this username.",
+    ),
+    Scope("scan", scan_rate, rate_limit_key, is_scan, "Too many scans in a short time."),
+    Scope("bill_load", bill_load_rate, rate_limit_key, is_bill_load, "Too many parents loaded in a short time."),
+)
+MESSAGES = {scope.name: scope.message for scope in SCOPES}
+
+
+def accepts_upload(view):
+    """Mark a view as an upload route: its body may be up to ``BAGTRACK_MAX_UPLOAD_BYTES``."""
+    setattr(view, UPLOAD_MARK, True)
+    return view
+
+
+def init_app(app: Flask) -> None:
+    """Bind the limiter and put each named scope on the routes it covers (after the blueprints)."""
+    app.config.setdefault("RATELIMIT_DEFAULT", default_rate)
+    limiter.init_app(app)
+    if app.config["RATELIMIT_ENABLED"]:
+        _limit_routes(app)
+    # Before every other hook: CSRF protection reads the form, and with it the body.
+    app.before_request_funcs.setdefault(None, []).insert(0, _allow_uploads)
+    app.register_error_handler(RateLimitExceeded, _too_many_requests)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
+
+
+def _limit_routes(app: Flask) -> None:
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        if view is None or rule.endpoint == "static":
+            continue
+        if rule.rule in UNLIMITED_PATHS:
+            limiter.exempt(view)
+            continue
+        if "POST" not in (rule.methods or ()):
+            continue
+        for scope in SCOPES:
+            if scope.covers(rule):
+                # Shared scopes: every scan route draws on one allowance per user.
+                view = limiter.shared_limit(scope.rate, scope=scope.name, key_func=scope.key, methods=["POST"])(view)
+        app.view_functions[rule.endpoint] = view
+
+
+def _allow_uploads() -> None:
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, UPLOAD_MARK, False):
+        request.max_content_length = current_app.config["BAGTRACK_MAX_UPLOAD_BYTES"]
+
+
+def _retry_after(error: RateLimitExceeded) -> int:
+    """Seconds until the breached window resets (its full length when the store cannot say)."""
+    try:
+        reset_at = limiter.current_limit.reset_at
+        return max(1, int(reset_at - time.time()))
+    except Exception:
+        return max(1, int(error.limit.limit.get_expiry()))
+
+
+def _too_many_requests(error: RateLimitExceeded):
+    scope = error.limit.scope if isinstance(error.limit.scope, str) and error.limit.shared else "default"
+    observability.count_rate_limited(scope)
+    seconds = _retry_after(error)
+    message = MESSAGES.get(scope, "Too many requests in a short time.")
+    return error_page("rate_limited", f"{message} Try again in {seconds} seconds.", 429, {"Retry-After": str(seconds)})
+
+
+def _too_large(error: RequestEntityTooLarge):
+    limit = request.max_content_length or current_app.config["MAX_CONTENT_LENGTH"]
+    return error_page("too_large", f"The request is too large: at most {_size(limit)} is accepted here.", 413)
+
+
+def _size(count: int) -> str:
+    if count >= 1024 * 1024:
+        return f"{count / (1024 * 1024):g} MiB"
+    return f"{count / 1024:g} KiB"

@@ -1,0 +1,307 @@
+"""Request ids, structured JSON logs, slow-request logging, readiness and Prometheus metrics.
+
+Every request gets an id (a sane incoming ``X-Request-ID`` is kept, so a
+proxy's id follows the request through), stored in ``flask.g.request_id``,
+echoed in the response and written on every log line of that request.
+
+Metrics work across gunicorn workers: when ``PROMETHEUS_MULTIPROC_DIR`` is
+set (``gunicorn.conf.py`` sets it) each worker writes its samples there and
+``/metrics`` adds them up; otherwise the process's default registry is used.
+Labels are the Flask endpoint name, never the raw path, so their number stays
+bounded whatever URLs clients send.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import uuid
+from datetime import UTC, datetime
+from time import perf_counter
+
+from flask import Flask, current_app, g, has_request_context, request, request_started
+from flask_login import AnonymousUserMixin
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from .extensions import db
+
+REQUEST_ID_HEADER = "X-Request-ID"
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Any other method is counted as OTHER: a client inventing methods must not invent label values.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+request_log = logging.getLogger("bagtrack.request")
+query_log = logging.getLogger("bagtrack.sql")
+
+# Buckets around the targets: a few milliseconds on the floor, nothing over a second at saturation.
+REQUEST_SECONDS = Histogram(
+    "bagtrack_request_duration_seconds",
+    "Time to answer a request, by Flask endpoint, method and status (its _count is the request count).",
+    ["endpoint", "method", "status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+POOL_SIZE = Gauge("bagtrack_db_pool_size", "Configured database pool size.", multiprocess_mode="livesum")
+POOL_CONNECTIONS = Gauge(
+    "bagtrack_db_pool_connections", "Open database connections held by the pool.", multiprocess_mode="livesum"
+)
+POOL_CHECKED_OUT = Gauge(
+    "bagtrack_db_pool_checked_out", "Database connections in use by requests.", multiprocess_mode="livesum"
+)
+POOL_OVERFLOW = Gauge(
+    "bagtrack_db_pool_overflow", "Open connections beyond the pool size.", multiprocess_mode="livesum"
+)
+CACHE_LOOKUPS = Counter("bagtrack_cache_lookups_total", "Cache lookups by result (hit or miss).", ["result"])
+RATE_LIMITED = Counter("bagtrack_rate_limited_total", "Requests refused by a rate limit, by limit scope.", ["scope"])
+
+
+def count_cache(hit: bool) -> None:
+    """Count one cache lookup as a hit or a miss."""
+    CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
+
+
+def count_rate_limited(scope: str) -> None:
+    """Count one request refused by the rate limit named ``scope`` (a fixed name such as "login")."""
+    RATE_LIMITED.labels(scope).inc()
+
+
+class PoolUsage:
+    """Follows one engine's pool through its events and publishes it as gauges.
+
+    Counting events, rather than reading the pool's status inside them, stays
+    exact: SQLAlchemy fires ``checkin`` before the connection is back in the
+    queue and ``close`` before an overflow slot is released.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.connections = 0
+        self.checked_out = 0
+        self.lock = threading.Lock()
+        POOL_SIZE.set(size)
+        self.publish()
+
+    def change(self, connections: int = 0, checked_out: int = 0) -> None:
+        with self.lock:
+            self.connections += connections
+            self.checked_out += checked_out
+            self.publish()
+
+    def publish(self) -> None:
+        POOL_CONNECTIONS.set(self.connections)
+        POOL_CHECKED_OUT.set(self.checked_out)
+        POOL_OVERFLOW.set(max(0, self.connections - self.size))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics in Prometheus text format, summed over all workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# A request that came through a proxy shows the proxy's address, which is
+# usually on the allow-list; such requests need the token.
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
+def may_scrape(token: str | None, allowed_networks: tuple) -> bool:
+    """Metrics are served to a request bearing the metrics token, or coming
+    straight (not through a proxy) from an allow-listed address."""
+    if token:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(offered.strip().encode(), token.encode()):
+            return True
+    if any(header in request.headers for header in FORWARDING_HEADERS):
+        return False
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(address in network for network in allowed_networks)
+
+
+def readiness() -> dict:
+    """Readiness: ``unavailable`` when the database does not answer, ``degraded``
+    when only Redis does not (the site works without it, slower and with looser
+    limits), else ``ok``. Each check carries its time in milliseconds."""
+    database = _probe_database()
+    redis_check = _probe_redis()
+    if not database["ok"]:
+        status = "unavailable"
+    elif not redis_check["ok"]:
+        status = "degraded"
+    else:
+        status = "ok"
+    return {"status": status, "database": database, "redis": redis_check}
+
+
+def _probe_database() -> dict:
+    # Through the app's pool, as requests go: it proves the pool can hand out
+    # a working connection, and bounded by the pool and connect timeouts.
+    started = perf_counter()
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as error:
+        current_app.logger.warning("readiness: database check failed: %s", describe_database_error(error))
+        return {"ok": False, "ms": _ms_since(started), "error": error.__class__.__name__}
+    return {"ok": True, "ms": _ms_since(started)}
+
+
+def describe_database_error(error: Exception) -> str:
+    """The error's class and the driver's first line: no SQL, no parameters, no traceback
+    (an outage repeats it on every request)."""
+    cause = getattr(error, "orig", None) or error
+    first_line = (str(cause).strip().splitlines() or [""])[0]
+    return f"{error.__class__.__name__}: {first_line[:200]}"
+
+
+def _probe_redis() -> dict:
+    url = current_app.config.get("REDIS_URL")
+    if not url:
+        return {"ok": True, "ms": 0.0, "configured": False}
+    import redis
+
+    client = current_app.extensions.get("bagtrack_ready_redis")
+    if client is None:
+        timeout = current_app.config["BAGTRACK_READY_TIMEOUT_S"]
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        current_app.extensions["bagtrack_ready_redis"] = client
+    started = perf_counter()
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        current_app.logger.warning("readiness: Redis check failed: %s", error.__class__.__name__)
+        return {"ok": False, "ms": _ms_since(started), "configured": True, "error": error.__class__.__name__}
+    return {"ok": True, "ms": _ms_since(started), "configured": True}
+
+
+def _ms_since(started: float) -> float:
+    return round((perf_counter() - started) * 1000, 3)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request's id, method and path when there is one."""
+
+    EXTRA_FIELDS = ("status", "duration_ms", "user", "endpoint", "statement")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if has_request_context():
+            entry["request_id"] = g.get("request_id")
+            entry["method"] = request.method
+            entry["path"] = request.path
+        for field in self.EXTRA_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record to stderr as JSON; ``level`` applies to bagtrack's own loggers.
+
+    The handler goes on the root logger once per process, next to any handler
+    already there (a test's log capture keeps working).
+    """
+    from flask.logging import default_handler
+
+    root = logging.getLogger()
+    if not any(isinstance(handler.formatter, JsonFormatter) for handler in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    bagtrack_logger = logging.getLogger("bagtrack")
+    bagtrack_logger.removeHandler(default_handler)
+    bagtrack_logger.setLevel(level)
+    # logging.config.fileConfig (Alembic's env.py runs it) disables every logger
+    # that exists at the time, bagtrack's own included.
+    for logger in (bagtrack_logger, request_log, query_log):
+        logger.disabled = False
+
+
+def request_id() -> str:
+    """This request's id, made when first asked for."""
+    if "request_id" not in g:
+        offered = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = offered if SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    return g.request_id
+
+
+def _start_request(sender: Flask, **_extra) -> None:
+    g.request_started = perf_counter()
+    request_id()
+
+
+def _finish_request(response):
+    started = g.get("request_started", perf_counter())
+    duration_ms = round((perf_counter() - started) * 1000, 3)
+    response.headers[REQUEST_ID_HEADER] = request_id()
+    endpoint = request.endpoint or "unmatched"
+    method = request.method if request.method in KNOWN_METHODS else "OTHER"
+    REQUEST_SECONDS.labels(endpoint, method, str(response.status_code)).observe(duration_ms / 1000)
+
+    slow_ms = current_app.config["BAGTRACK_SLOW_REQUEST_MS"]
+    slow = bool(slow_ms) and duration_ms >= slow_ms
+    level = logging.WARNING if slow else logging.INFO
+    if request_log.isEnabledFor(level):
+        prefix = "slow request " if slow else ""
+        request_log.log(
+            level,
+            "%s%s %s %s",
+            prefix,
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "status": response.status_code,
+                "duration_ms": duration_ms,
+                "endpoint": endpoint,
+                "user": _username(),
+            },
+        )
+    return response
+
+
+def _username() -> str | None:
+    # flask-login keeps the user it loaded in g; reading it from there (and
+    # only attributes already loaded) means logging never queries the database.
+    user = g.get("_login_user")
+    if user is None or isinstance(user, AnonymousUserMixin):
+        return None
+    state = inspect(user, raiseerr=False)
+    return state.dict.get("username") if state is not None else None
+
+
+def log_slow_query(statement: str, duration_ms: float) -> None:
+    """Warn about one statement that took ``duration_ms`` (its text, never its parameters)."""
+    query_log.warning(
+        "slow query %.1f ms", duration_ms, extra={"duration_ms": round(duration_ms, 3), "statement": statement[:500]}
+    )
+
+
+def init_app(app: Flask) -> None:
+    configure_logging(app.config["BAGTRACK_LOG_LEVEL"])
+    # request_started fires before any before_request function, so even a
+    # request the rate limiter refuses has its id and start time.
+    request_started.connect(_start_request, app)
+    app.after_request(_finish_request)

@@ -1,0 +1,139 @@
+"""Sessions, cookies, response headers, static file caching and the reverse proxy.
+
+A login lasts at most ``PERMANENT_SESSION_LIFETIME`` (a shift, 12 h) and ends
+after ``BAGTRACK_SESSION_IDLE_MINUTES`` (30) without a request; either way the
+user is logged out and told so. The session records its last use at most once
+a minute, so a scanner does not get a new cookie with every scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from flask import Flask, current_app, flash, redirect, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
+from flask_login import logout_user, user_logged_in
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.security import safe_join
+
+from .web import json_error, wants_json
+
+LOGIN_AT = "_bagtrack_login_at"
+SEEN_AT = "_bagtrack_seen_at"
+SEEN_EVERY_S = 60
+EXPIRED_MESSAGE = "Your session expired — log in again."
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+        "base-uri 'self'",
+        "object-src 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+HSTS = "max-age=31536000; includeSubDomains"
+# A fingerprinted URL names one version of the file forever.
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """The session cookie is ``Secure`` when configured, and on every HTTPS request."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
+
+
+def init_app(app: Flask) -> None:
+    if app.config["BAGTRACK_PROXY_FIX"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, **app.config["BAGTRACK_PROXY_FIX"])
+    app.session_interface = SessionCookies()
+    user_logged_in.connect(stamp_login, app)
+    app.before_request(enforce_session_lifetime)
+    app.after_request(add_headers)
+    app.url_defaults(fingerprint_static_url)
+
+
+def stamp_login(sender: Flask, user, **_) -> None:
+    """A login starts both clocks of the session."""
+    now = int(time.time())
+    session[LOGIN_AT] = now
+    session[SEEN_AT] = now
+
+
+def enforce_session_lifetime():
+    """Log out a session past its lifetime or idle too long; note its use once a minute."""
+    if "_user_id" not in session or request.endpoint in ("static", "auth.login"):
+        return None
+    now = int(time.time())
+    login_at, seen_at = session.get(LOGIN_AT), session.get(SEEN_AT)
+    if login_at is None or seen_at is None:
+        # A session from before these clocks existed: they start now.
+        stamp_login(current_app, None)
+        return None
+    lifetime = current_app.config["PERMANENT_SESSION_LIFETIME"].total_seconds()
+    idle = current_app.config["BAGTRACK_SESSION_IDLE_MINUTES"] * 60
+    if now - login_at >= lifetime or now - seen_at >= idle:
+        return session_expired()
+    if now - seen_at >= SEEN_EVERY_S:
+        session[SEEN_AT] = now
+    return None
+
+
+def session_expired():
+    logout_user()
+    session.clear()
+    if wants_json():
+        return json_error("session_expired", EXPIRED_MESSAGE, 401)
+    flash(EXPIRED_MESSAGE, "error")
+    next_page = request.full_path.rstrip("?") if request.method == "GET" else None
+    return redirect(url_for("auth.login", next=next_page), code=303)
+
+
+def add_headers(response):
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    if request.endpoint == "static":
+        filename = (request.view_args or {}).get("filename", "")
+        version = request.args.get("v")
+        if response.status_code == 200 and version and version == fingerprint(filename):
+            response.headers["Cache-Control"] = IMMUTABLE
+    elif "Cache-Control" not in response.headers:
+        # Pages and API answers carry user data and change with every scan.
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def fingerprint(filename: str) -> str | None:
+    """A short hash of a static file's content, computed once per file per process."""
+    known = current_app.extensions.setdefault("bagtrack.fingerprints", {})
+    if filename in known:
+        return known[filename]
+    path = safe_join(current_app.static_folder, filename)
+    if path is None or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as static_file:
+        digest = hashlib.sha256(static_file.read()).hexdigest()[:12]
+    known[filename] = digest
+    return digest
+
+
+def fingerprint_static_url(endpoint: str, values: dict) -> None:
+    """``url_for('static', filename=...)`` gains ``?v=<content hash>``, so the file may be cached forever."""
+    if endpoint == "static" and "filename" in values and "v" not in values:
+        version = fingerprint(values["filename"])
+        if version is not None:
+            values["v"] = version

@@ -1,0 +1,908 @@
+"""The benchmark anyone can rerun: ``make bench`` (800,000 bags) or ``make bench SCALE=8000000``.
+
+It prepares a database of its own (``bagtrack_bench``, ``bagtrack_bench_8m``,
+...), migrates and seeds it once, starts bagtrack under the project's
+``gunicorn.conf.py`` and drives it with the virtual users of
+``scripts/locustfile.py``, in phases of fixed length:
+
+1. floor: 60 users, each acting about once a second (the real floor);
+2. mixed: the same 60 users with no pause (saturation);
+3. scan / stats: the same users doing only child scans / only ``/api/stats``;
+4. baseline: ``scripts/baseline_app.py`` under the same gunicorn settings, each
+   of its routes (no-op, one Redis GET, one write transaction) hammered alone.
+
+It records latency percentiles, throughput and errors per endpoint, CPU
+seconds of the server, the load generator and the databases, and worker
+memory, checks them against the targets of PRODUCT.md, and writes
+``bench/results/<time>-<scale>.json`` and ``.md``.
+
+The Redis database it uses (``--redis-url``, default db 1) is the benchmark's
+own: it is emptied at the start of every run.
+"""
+
+from __future__ import annotations
+
+# Locust patches the standard library for gevent when it is imported: first.
+import locust  # isort: skip
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import gevent
+import psutil
+import psycopg2
+import redis
+from locust.env import Environment
+from werkzeug.security import check_password_hash
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import baseline_app  # noqa: E402
+import locustfile  # noqa: E402
+
+RESULTS_DIR = ROOT / "bench" / "results"
+WORK_DIR = ROOT / "bench" / "work"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1/bagtrack_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/1"
+BENCH_PASSWORD = "bench-password-not-secret"
+CHILDREN_PER_PARENT = 30
+# Seeded parents go past SB99999 at 8,000,000 bags; the benchmark's own new
+# parents use SB9000000 and up.
+PARENT_QR = r"^SB\d{5,7}$"
+BENCH_PARENTS_FROM = 9_000_000
+# The limiter stays on, keyed by user as in production, but the benchmark's
+# few accounts each carry a dozen virtual scanners and every phase logs 60 in.
+GENEROUS_LIMITS = {
+    "BAGTRACK_LIMIT_LOGIN_IP": "1000/minute",
+    "BAGTRACK_LIMIT_LOGIN_USER": "1000/minute",
+    "BAGTRACK_LIMIT_SCAN": "200000/minute",
+    "BAGTRACK_LIMIT_BILL_LOAD": "200000/minute",
+    "BAGTRACK_LIMIT_DEFAULT": "200000/minute",
+}
+
+FULL = {"floor": 60, "mixed": 45, "scan": 20, "stats": 20, "baseline": 20}
+QUICK = {"floor": 15, "mixed": 15, "scan": 10, "stats": 10, "baseline": 8}
+SETTLE_S = 3
+BASELINE_MODES = ("noop", "redis", "write")
+SATURATION_PHASES = ("mixed", "scan", "stats")
+
+FLOOR_P99_MS = 25.0
+TAIL_RATIO = 4.0
+SLOWEST_MS = 1000.0
+SCAN_VS_WRITE = 0.5
+STATS_VS_REDIS = 0.6
+WORKER_RSS_MB = 200.0
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def parse_bags(raw: str) -> int:
+    """``800000``, ``800k``, ``8m`` or ``8_000_000``."""
+    text = raw.strip().lower().replace("_", "").replace(",", "")
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    number = float(text[:-1] if factor > 1 else text)
+    if number <= 0:
+        raise argparse.ArgumentTypeError("the number of bags must be positive")
+    return int(number * factor)
+
+
+def scale_label(bags: int) -> str:
+    for size, suffix in ((1_000_000, "m"), (1_000, "k")):
+        if bags >= size and bags % size == 0:
+            return f"{bags // size}{suffix}"
+    return str(bags)
+
+
+def bench_database_url(bags: int, explicit: str | None) -> str:
+    """800,000 bags live in ``bagtrack_bench``; other scales get a suffix, so each keeps its data."""
+    if explicit:
+        return explicit
+    base = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
+    if bags == 800_000:
+        return base
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=f"{parts.path}_{scale_label(bags)}"))
+
+
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return urlunsplit(parts)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bags", type=parse_bags, default=800_000, help="bags in the database (800k, 8m, ...)")
+    parser.add_argument("--users", type=int, default=60, help="virtual users (default 60)")
+    parser.add_argument("--quick", action="store_true", help="shorter phases, for a smoke run")
+    parser.add_argument("--database-url", help="default: $BENCH_DATABASE_URL or " + DEFAULT_DATABASE_URL)
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL),
+        help="a Redis database for the benchmark alone; it is emptied (default: $BENCH_REDIS_URL or db 1)",
+    )
+    parser.add_argument("--reseed", action="store_true", help="drop the benchmark database and seed it again")
+    parser.add_argument(
+        "--phases",
+        default="floor,mixed,scan,stats,baseline",
+        help="comma-separated subset of floor,mixed,scan,stats,baseline",
+    )
+    args = parser.parse_args(argv)
+    args.database_url = bench_database_url(args.bags, args.database_url)
+    args.phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    unknown = set(args.phases) - set(FULL)
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    return args
+
+
+# --- The database -----------------------------------------------------------------------------------------
+
+
+def connect(url: str, dbname: str | None = None):
+    parts = urlsplit(url)
+    connection = psycopg2.connect(
+        host=parts.hostname or "localhost",
+        port=parts.port or 5432,
+        user=parts.username,
+        password=parts.password,
+        dbname=dbname or parts.path.lstrip("/"),
+    )
+    connection.autocommit = True
+    return connection
+
+
+def ensure_database(url: str, *, recreate: bool) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise SystemExit(f"bench: unusual database name {name!r}; use letters, digits and _")
+    admin = connect(url, "postgres")
+    try:
+        with admin.cursor() as cursor:
+            if recreate:
+                log(f"dropping database {name}")
+                cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cursor.fetchone() is None:
+                log(f"creating database {name}")
+                cursor.execute(f"CREATE DATABASE {name}")
+    finally:
+        admin.close()
+
+
+def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    connection = connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
+def app_environment(args: argparse.Namespace, secret_key: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": args.database_url,
+        "REDIS_URL": args.redis_url,
+        "SECRET_KEY": secret_key,
+        "BAGTRACK_PARENT_QR": PARENT_QR,
+        **GENEROUS_LIMITS,
+    }
+    env.pop("FLASK_APP", None)
+    return env
+
+
+def flask(env: dict[str, str], *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "bagtrack", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and completed.returncode != 0:
+        raise SystemExit(f"bench: flask {' '.join(command)} failed:\n{completed.stdout}{completed.stderr}")
+    return completed
+
+
+def prepare_data(args: argparse.Namespace, env: dict[str, str]) -> dict:
+    """Migrate, seed to ``args.bags`` unless the database holds that many already, and count."""
+    ensure_database(args.database_url, recreate=args.reseed)
+    log("migrating (flask db upgrade)")
+    flask(env, "db", "upgrade")
+    bags = count_bags(args.database_url)
+    seed_seconds = None
+    # Each run adds a few thousand bags of its own: only a database well short of the size is seeded.
+    if bags < args.bags * 0.98:
+        if bags:
+            log(f"the database holds {bags:,} bags, fewer than {args.bags:,}: recreating it")
+            ensure_database(args.database_url, recreate=True)
+            flask(env, "db", "upgrade")
+        started = time.monotonic()
+        bags = seed_to(args, env)
+        seed_seconds = round(time.monotonic() - started, 1)
+        query(args.database_url, "ANALYZE")
+    scans = query(args.database_url, "SELECT count(*) FROM scan")[0][0]
+    log(f"database {urlsplit(args.database_url).path.lstrip('/')}: {bags:,} bags, {scans:,} scan rows")
+    return {"bags": bags, "scans": scans, "seed_seconds": seed_seconds}
+
+
+def count_bags(url: str) -> int:
+    return query(url, "SELECT count(*) FROM bag")[0][0]
+
+
+def seed_to(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Seed until the database holds ``args.bags`` bags.
+
+    Some seeded parents are left partly filled, so the first pass assumes full
+    ones and a second pass (the seed adds to what is there) tops up at the
+    rate the first one achieved.
+    """
+    bags = count_bags(args.database_url)
+    parents = math.ceil(args.bags / (CHILDREN_PER_PARENT + 1))
+    for seed_value in (1, 2):
+        log(f"seeding {parents:,} parents (flask seed --parents {parents})")
+        started = time.monotonic()
+        answer = flask(env, "seed", "--parents", str(parents), "--seed", str(seed_value))
+        summary = next((line for line in answer.stdout.splitlines() if line.startswith("Seeded")), "")
+        log(f"seeded in {time.monotonic() - started:.1f} s: {summary}")
+        before, bags = bags, count_bags(args.database_url)
+        reported = re.search(r"\((\d+) bags\)", summary)
+        if reported is None or bags - before != int(reported.group(1)):
+            raise SystemExit(f"bench: the seed reported {summary!r} but the database gained {bags - before:,} bags")
+        if bags >= args.bags:
+            break
+        parents = math.ceil((args.bags - bags) / ((bags - before) / parents)) + 1
+    return bags
+
+
+def prepare_accounts(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """A dispatcher per area and a biller, all with the bench password."""
+    areas = [row[0] for row in query(args.database_url, "SELECT code FROM dispatch_area ORDER BY code")]
+    if not areas:
+        flask(env, "areas", "add", "BENCH", "--name", "Benchmark floor")
+        areas = ["BENCH"]
+    dispatchers = [(f"bench-{area.lower()}", area) for area in areas]
+    billers = ["bench-biller"]
+    wanted = [(name, "dispatcher", area) for name, area in dispatchers] + [(name, "biller", None) for name in billers]
+    existing = {
+        username: (password_hash, locked_until)
+        for username, password_hash, locked_until in query(
+            args.database_url,
+            "SELECT username, password_hash, locked_until > now() at time zone 'utc' FROM app_user"
+            " WHERE username LIKE 'bench-%%'",
+        )
+    }
+    for username, role, area in wanted:
+        if username not in existing:
+            command = ["users", "create", username, "--role", role, "--password", BENCH_PASSWORD]
+            if area:
+                command += ["--area", area]
+            answer = flask(env, *command, check=False)
+            if answer.returncode != 0 and "exist" not in (answer.stdout + answer.stderr).lower():
+                raise SystemExit(f"bench: could not create {username}: {answer.stderr.strip()}")
+        else:
+            password_hash, locked = existing[username]
+            if locked or not check_password_hash(password_hash, BENCH_PASSWORD):
+                flask(env, "users", "reset-password", username, "--password", BENCH_PASSWORD)
+    log(f"accounts: {', '.join(name for name, _ in dispatchers)}, {', '.join(billers)}")
+    return dispatchers, billers
+
+
+def sample_bags(url: str, total: int, per_area: int = 2000) -> dict[str, list[str]]:
+    """Random bags of each area, for lookups (a block sample: cheap at any size)."""
+    percent = min(100.0, 100.0 * 20 * per_area / max(total, 1))
+    rows = query(
+        url,
+        "SELECT a.code, b.qr FROM bag AS b TABLESAMPLE SYSTEM (%s) JOIN dispatch_area AS a ON a.id = b.area_id",
+        (percent,),
+    )
+    by_area: dict[str, list[str]] = {}
+    for area, qr in rows:
+        if len(by_area.setdefault(area, [])) < per_area:
+            by_area[area].append(qr)
+    return by_area
+
+
+def loadable_parents(url: str, limit: int = 20_000) -> list[str]:
+    rows = query(
+        url,
+        "SELECT qr FROM bag WHERE kind = 'parent' AND status = 'complete' AND bill_id IS NULL LIMIT %s",
+        (limit,),
+    )
+    return [row[0] for row in rows]
+
+
+def first_free_parent_number(url: str) -> int:
+    """Above every parent an earlier run created: each run scans codes nobody used."""
+    rows = query(
+        url,
+        "SELECT qr FROM bag WHERE qr >= %s AND qr <= 'SB9999999' AND qr ~ '^SB[0-9]{7}$' ORDER BY qr DESC LIMIT 1",
+        (f"SB{BENCH_PARENTS_FROM:07d}",),
+    )
+    return int(rows[0][0][2:]) + 1 if rows else BENCH_PARENTS_FROM
+
+
+def run_tag() -> str:
+    return locustfile.base36(int(time.time()))
+
+
+# --- Servers ----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A gunicorn started with the project's ``gunicorn.conf.py``."""
+
+    name: str
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def workers(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(name: str, app_spec: str, env: dict[str, str], extra: list[str] | None = None) -> Server:
+    port = free_port()
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = WORK_DIR / f"{name}-gunicorn.log"
+    command = [
+        str(Path(sys.executable).with_name("gunicorn")),
+        "-c",
+        "gunicorn.conf.py",
+        "-b",
+        f"127.0.0.1:{port}",
+        *(extra or []),
+        app_spec,
+    ]
+    with open(log_path, "w", encoding="utf-8") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    server = Server(name, process, port, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: {name} server exited; see {log_path}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.host}{'/health' if name == 'bagtrack' else '/noop'}", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        server.stop()
+        raise SystemExit(f"bench: {name} did not answer within 60 s; see {log_path}")
+    # Give every worker time to boot: the first answer came from one of them.
+    time.sleep(2)
+    log(f"{name} up on port {port} with {len(server.workers())} workers (pid {process.pid})")
+    return server
+
+
+# --- Measuring --------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(process: psutil.Process, *, with_reaped_children: bool = False) -> float:
+    times = process.cpu_times()
+    total = times.user + times.system
+    if with_reaped_children:
+        total += times.children_user + times.children_system
+    return total
+
+
+def tree_cpu(server: Server) -> float:
+    """CPU of the master, its live workers and the workers it already reaped."""
+    try:
+        master = psutil.Process(server.process.pid)
+        total = cpu_seconds(master, with_reaped_children=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for worker in server.workers():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += cpu_seconds(worker)
+    return total
+
+
+def named_cpu(names: tuple[str, ...]) -> dict[int, float]:
+    seconds = {}
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in names:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                seconds[process.pid] = cpu_seconds(process)
+    return seconds
+
+
+def machine_busy() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+@dataclass
+class CpuMark:
+    server: float
+    load_generator: float
+    postgres: dict[int, float]
+    redis: dict[int, float]
+    machine: float
+
+    @classmethod
+    def now(cls, server: Server) -> CpuMark:
+        return cls(
+            server=tree_cpu(server),
+            load_generator=cpu_seconds(psutil.Process()),
+            postgres=named_cpu(("postgres", "postmaster")),
+            redis=named_cpu(("redis-server",)),
+            machine=machine_busy(),
+        )
+
+    def since(self, start: CpuMark) -> dict[str, float]:
+        def processes(after: dict[int, float], before: dict[int, float]) -> float:
+            return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+        spent = {
+            "server": self.server - start.server,
+            "load_generator": self.load_generator - start.load_generator,
+            "postgres": processes(self.postgres, start.postgres),
+            "redis": processes(self.redis, start.redis),
+        }
+        machine = self.machine - start.machine
+        # Anything else busy on the machine (it may be shared) skews the figures: say how much.
+        spent["other"] = max(0.0, machine - sum(spent.values()))
+        spent["machine"] = machine
+        return {name: round(seconds, 2) for name, seconds in spent.items()}
+
+
+@dataclass
+class Recorder:
+    """Every request of the measured window: exact latencies, not Locust's rounded histogram."""
+
+    recording: bool = False
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    error_samples: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.latencies, self.errors, self.error_samples = {}, {}, {}
+
+    def on_request(self, name, response_time, exception=None, **_ignored) -> None:
+        if not self.recording:
+            return
+        self.latencies.setdefault(name, []).append(response_time)
+        if exception is not None:
+            self.errors[name] = self.errors.get(name, 0) + 1
+            samples = self.error_samples.setdefault(name, {})
+            message = str(exception)[:160]
+            if message in samples or len(samples) < 5:
+                samples[message] = samples.get(message, 0) + 1
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest rank."""
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def summarise(recorder: Recorder, seconds: float) -> dict[str, dict]:
+    endpoints = {}
+    for name in sorted(recorder.latencies):
+        ordered = sorted(recorder.latencies[name])
+        p50 = percentile(ordered, 0.50)
+        p99 = percentile(ordered, 0.99)
+        endpoints[name] = {
+            "requests": len(ordered),
+            "rps": round(len(ordered) / seconds, 1),
+            "p50_ms": round(p50, 2),
+            "p95_ms": round(percentile(ordered, 0.95), 2),
+            "p99_ms": round(p99, 2),
+            "max_ms": round(ordered[-1], 2),
+            "p99_over_p50": round(p99 / p50, 2) if p50 > 0 else None,
+            "over_1s": sum(1 for value in ordered if value > SLOWEST_MS),
+            "errors": recorder.errors.get(name, 0),
+            "error_samples": recorder.error_samples.get(name, {}),
+        }
+    return endpoints
+
+
+def measure(name: str, seconds: int, server: Server, recorder: Recorder, users: int) -> dict:
+    """Record ``seconds`` of requests, sampling worker memory once a second."""
+    log(f"phase {name}: measuring {seconds} s")
+    rss_max: dict[int, int] = {}
+    rss_start = {worker.pid: worker.memory_info().rss for worker in server.workers()}
+    start_cpu = CpuMark.now(server)
+    recorder.reset()
+    recorder.recording = True
+    started = time.monotonic()
+    while (left := seconds - (time.monotonic() - started)) > 0:
+        gevent.sleep(min(1.0, left))
+        for worker in server.workers():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                rss_max[worker.pid] = max(rss_max.get(worker.pid, 0), worker.memory_info().rss)
+    recorder.recording = False
+    elapsed = time.monotonic() - started
+    cpu = CpuMark.now(server).since(start_cpu)
+    rss_end = {worker.pid: worker.memory_info().rss for worker in server.workers()}
+    endpoints = summarise(recorder, elapsed)
+    requests = sum(endpoint["requests"] for endpoint in endpoints.values())
+    mb = 1024 * 1024
+    phase = {
+        "seconds": round(elapsed, 1),
+        "users": users,
+        "workers": len(server.workers()),
+        "requests": requests,
+        "rps": round(requests / elapsed, 1),
+        "errors": sum(endpoint["errors"] for endpoint in endpoints.values()),
+        "endpoints": endpoints,
+        "cpu_seconds": cpu,
+        "server_cpu_ms_per_request": round(1000 * cpu["server"] / requests, 3) if requests else None,
+        "load_generator_cpu_ms_per_request": round(1000 * cpu["load_generator"] / requests, 3) if requests else None,
+        "worker_rss_mb": {
+            "max": {str(pid): round(rss / mb, 1) for pid, rss in rss_max.items()},
+            "start": {str(pid): round(rss / mb, 1) for pid, rss in rss_start.items()},
+            "end": {str(pid): round(rss / mb, 1) for pid, rss in rss_end.items()},
+        },
+    }
+    log(
+        f"phase {name}: {requests:,} requests, {phase['rps']:,} req/s, {phase['errors']} errors, "
+        f"server {cpu['server']} CPU s, load generator {cpu['load_generator']} CPU s"
+    )
+    return phase
+
+
+# --- Driving the users ------------------------------------------------------------------------------------
+
+
+def start_users(environment: Environment, users: int, *, expect_logins: bool) -> None:
+    runner = environment.create_local_runner()
+    runner.start(users, spawn_rate=users)
+    if expect_logins:
+        shared = locustfile.SHARED
+        deadline = time.monotonic() + 120
+        while shared.logged_in + sum(shared.login_failures.values()) < users and time.monotonic() < deadline:
+            gevent.sleep(0.2)
+        if shared.login_failures or shared.logged_in < users:
+            runner.quit()
+            failures = dict(shared.login_failures) or "timed out"
+            raise SystemExit(f"bench: {shared.logged_in}/{users} users logged in; failures: {failures}")
+        log(f"{users} users logged in")
+    gevent.sleep(SETTLE_S)
+
+
+def switch_mode(mode: str) -> None:
+    locustfile.SHARED.mode = mode
+    # Users paced on the floor may be asleep for up to 1.2 s: let the new mode take hold.
+    gevent.sleep(SETTLE_S)
+
+
+def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
+    phases: dict[str, dict] = {}
+    wanted = [phase for phase in ("floor", "mixed", "scan", "stats") if phase in args.phases]
+    if not wanted:
+        return phases, {}
+    server = start_server("bagtrack", "wsgi:app", env)
+    try:
+        locustfile.configure(plan)
+        locustfile.SHARED.mode = wanted[0]
+        locustfile.BillerUser.fixed_count = max(1, round(args.users * 0.05))
+        environment = Environment(
+            user_classes=[locustfile.ScannerUser, locustfile.BillerUser], host=server.host, catch_exceptions=True
+        )
+        environment.events.request.add_listener(recorder.on_request)
+        start_users(environment, args.users, expect_logins=True)
+        for phase in wanted:
+            if locustfile.SHARED.mode != phase:
+                switch_mode(phase)
+            phases[phase] = measure(phase, durations[phase], server, recorder, args.users)
+        notes = dict(locustfile.SHARED.notes)
+        if environment.runner.exceptions:
+            notes["exceptions in virtual users"] = len(environment.runner.exceptions)
+        environment.runner.quit()
+    finally:
+        server.stop()
+    return phases, {"notes": notes}
+
+
+def run_baseline(args, env, durations, recorder) -> dict:
+    phases = {}
+    baseline_app.prepare(args.database_url, args.redis_url)
+    server = start_server("baseline", "baseline_app:create_baseline_app()", env, ["--pythonpath", "scripts"])
+    try:
+        locustfile.SHARED.mode = BASELINE_MODES[0]
+        environment = Environment(user_classes=[locustfile.BaselineUser], host=server.host, catch_exceptions=True)
+        environment.events.request.add_listener(recorder.on_request)
+        start_users(environment, args.users, expect_logins=False)
+        for mode in BASELINE_MODES:
+            switch_mode(mode)
+            phases[f"baseline {mode}"] = measure(
+                f"baseline {mode}", durations["baseline"], server, recorder, args.users
+            )
+        environment.runner.quit()
+    finally:
+        server.stop()
+    return phases
+
+
+# --- Judging ----------------------------------------------------------------------------------------------
+
+
+def endpoint_rps(phases: dict, phase: str, endpoint: str) -> float | None:
+    return phases.get(phase, {}).get("endpoints", {}).get(endpoint, {}).get("rps")
+
+
+def judge(phases: dict) -> list[dict]:
+    """The targets of PRODUCT.md, each with the measured value and PASS/FAIL."""
+    targets = []
+
+    def add(name: str, target: str, value, passed: bool | None, detail: str = "") -> None:
+        verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
+        targets.append({"target": name, "wanted": target, "measured": value, "verdict": verdict, "detail": detail})
+
+    floor = phases.get("floor")
+    if floor:
+        add("floor: errors", "0", floor["errors"], floor["errors"] == 0)
+        worst = max(floor["endpoints"].items(), key=lambda item: item[1]["p99_ms"])
+        add(
+            "floor: p99 of every endpoint",
+            f"<= {FLOOR_P99_MS:g} ms",
+            f"{worst[1]['p99_ms']} ms",
+            worst[1]["p99_ms"] <= FLOOR_P99_MS,
+            f"worst: {worst[0]}",
+        )
+    saturated = {name: phases[name] for name in SATURATION_PHASES if name in phases}
+    if saturated:
+        errors = sum(phase["errors"] for phase in saturated.values())
+        add("saturation: errors", "0", errors, errors == 0, ", ".join(saturated))
+        slowest = max(
+            (
+                (f"{phase}: {name}", endpoint["max_ms"])
+                for phase, data in saturated.items()
+                for name, endpoint in data["endpoints"].items()
+            ),
+            key=lambda item: item[1],
+        )
+        add(
+            "saturation: slowest response",
+            f"<= {SLOWEST_MS:g} ms",
+            f"{slowest[1]} ms",
+            slowest[1] <= SLOWEST_MS,
+            slowest[0],
+        )
+        ratios = [
+            (f"{phase}: {name}", endpoint["p99_over_p50"])
+            for phase, data in saturated.items()
+            for name, endpoint in data["endpoints"].items()
+            if endpoint["p99_over_p50"] is not None
+        ]
+        worst_ratio = max(ratios, key=lambda item: item[1])
+        add(
+            "saturation: p99 / p50 of every endpoint",
+            f"<= {TAIL_RATIO:g}",
+            worst_ratio[1],
+            worst_ratio[1] <= TAIL_RATIO,
+            f"worst: {worst_ratio[0]}",
+        )
+    scan = endpoint_rps(phases, "scan", "/scan/child")
+    write = endpoint_rps(phases, "baseline write", "baseline /write")
+    if scan and write:
+        ratio = round(scan / write, 2)
+        add(
+            "child scans vs one-transaction write",
+            f">= {SCAN_VS_WRITE:g}",
+            ratio,
+            ratio >= SCAN_VS_WRITE,
+            f"{scan} vs {write} req/s",
+        )
+    stats = endpoint_rps(phases, "stats", "/api/stats")
+    one_get = endpoint_rps(phases, "baseline redis", "baseline /redis")
+    if stats and one_get:
+        ratio = round(stats / one_get, 2)
+        add(
+            "/api/stats vs one Redis GET",
+            f">= {STATS_VS_REDIS:g}",
+            ratio,
+            ratio >= STATS_VS_REDIS,
+            f"{stats} vs {one_get} req/s",
+        )
+    app_phases = [phases[name] for name in ("floor", *SATURATION_PHASES) if name in phases]
+    if app_phases:
+        biggest = max(max(phase["worker_rss_mb"]["max"].values(), default=0) for phase in app_phases)
+        add("worker memory under load", f"< {WORKER_RSS_MB:g} MB RSS", f"{biggest} MB", biggest < WORKER_RSS_MB)
+    mixed = phases.get("mixed")
+    if mixed:
+        start, end = mixed["worker_rss_mb"]["start"], mixed["worker_rss_mb"]["end"]
+        growth = max((end[pid] - start[pid] for pid in end if pid in start), default=0.0)
+        add(
+            "worker memory growth over the mixed phase",
+            "none (judge over 10 min)",
+            f"{round(growth, 1)} MB",
+            None,
+            f"{mixed['seconds']} s",
+        )
+    return targets
+
+
+# --- Reporting --------------------------------------------------------------------------------------------
+
+
+def machine_info(args: argparse.Namespace) -> dict:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    postgres = query(args.database_url, "SHOW server_version")[0][0]
+    redis_version = redis.Redis.from_url(args.redis_url).info("server").get("redis_version")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "postgresql": postgres,
+        "redis": redis_version,
+        "python": platform.python_version(),
+        "locust": locust.__version__,
+        "commit": commit.stdout.strip() or None,
+    }
+
+
+def markdown(report: dict) -> str:
+    run, machine = report["run"], report["machine"]
+    lines = [
+        f"# bagtrack benchmark, {run['started_at']}",
+        "",
+        f"{run['bags_in_database']:,} bags and {run['scan_rows']:,} scan rows in `{run['database']}`; "
+        f"{run['users']} virtual users; gunicorn with {run['workers']} workers"
+        f"{' (quick run)' if run['quick'] else ''}.",
+        "",
+        f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
+        f"PostgreSQL {machine['postgresql']}, Redis {machine['redis']}, Python {machine['python']}, "
+        f"Locust {machine['locust']}, commit {machine['commit']}.",
+        "",
+        "## Targets",
+        "",
+        "| target | wanted | measured | verdict | detail |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['target']} | {t['wanted']} | {t['measured']} | {t['verdict']} | {t['detail']} |"
+        for t in report["targets"]
+    ]
+    for name, phase in report["phases"].items():
+        cpu = phase["cpu_seconds"]
+        lines += [
+            "",
+            f"## {name}: {phase['users']} users, {phase['seconds']} s, {phase['rps']:,} req/s, "
+            f"{phase['errors']} errors",
+            "",
+            "| endpoint | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | p99/p50 | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for endpoint, figures in phase["endpoints"].items():
+            lines.append(
+                f"| {endpoint} | {figures['requests']:,} | {figures['rps']:,} | {figures['p50_ms']} | "
+                f"{figures['p95_ms']} | {figures['p99_ms']} | {figures['max_ms']} | {figures['p99_over_p50']} | "
+                f"{figures['errors']} |"
+            )
+        rss = phase["worker_rss_mb"]
+        lines += [
+            "",
+            f"CPU seconds: server {cpu['server']} ({phase['server_cpu_ms_per_request']} ms/request), "
+            f"load generator {cpu['load_generator']}, PostgreSQL {cpu['postgres']}, Redis {cpu['redis']}, "
+            f"other processes {cpu['other']}, whole machine {cpu['machine']} of "
+            f"{round(phase['seconds'] * machine['cpus'], 1)}. "
+            f"Worker RSS MB: max {sorted(rss['max'].values())}, start {sorted(rss['start'].values())}, "
+            f"end {sorted(rss['end'].values())}.",
+        ]
+        if cpu["other"] > 0.1 * phase["seconds"] * machine["cpus"]:
+            lines += ["", f"Other processes kept the machine {cpu['other']} CPU seconds busy: the figures are skewed."]
+        samples = {name: figures["error_samples"] for name, figures in phase["endpoints"].items() if figures["errors"]}
+        if samples:
+            lines += ["", "Errors: " + "; ".join(f"{name}: {detail}" for name, detail in samples.items())]
+    if report.get("notes"):
+        lines += ["", "Notes: " + ", ".join(f"{key}: {value}" for key, value in report["notes"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    durations = QUICK if args.quick else FULL
+    started_at = datetime.now(UTC)
+    env = app_environment(args, secrets.token_hex(32))
+    redis.Redis.from_url(args.redis_url).flushdb()
+
+    recorder = Recorder()
+    phases, server_facts = {}, {}
+    data = {"bags": 0, "scans": 0, "seed_seconds": None}
+    if set(args.phases) - {"baseline"}:
+        data = prepare_data(args, env)
+        dispatchers, billers = prepare_accounts(args, env)
+        plan = locustfile.Plan(
+            password=BENCH_PASSWORD,
+            dispatchers=dispatchers,
+            billers=billers,
+            bags_by_area=sample_bags(args.database_url, data["bags"]),
+            loadable_parents=loadable_parents(args.database_url),
+            first_parent_number=first_free_parent_number(args.database_url),
+            run_tag=run_tag(),
+        )
+        WORK_DIR.mkdir(parents=True, exist_ok=True)
+        (WORK_DIR / "plan.json").write_text(json.dumps(plan.__dict__, indent=1))
+        phases, server_facts = run_app_phases(args, env, durations, recorder, plan)
+    else:
+        ensure_database(args.database_url, recreate=False)
+    if "baseline" in args.phases:
+        phases.update(run_baseline(args, env, durations, recorder))
+
+    report = {
+        "run": {
+            "started_at": started_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "bags_requested": args.bags,
+            "bags_in_database": data["bags"],
+            "scan_rows": data["scans"],
+            "seed_seconds": data["seed_seconds"],
+            "database": without_password(args.database_url),
+            "users": args.users,
+            "quick": args.quick,
+            "durations_s": {phase: durations[phase] for phase in args.phases},
+            "workers": max((phase["workers"] for phase in phases.values()), default=None),
+        },
+        "machine": machine_info(args),
+        "phases": phases,
+        "targets": judge(phases),
+        "notes": server_facts.get("notes") or {},
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stem = f"{started_at:%Y%m%dT%H%M%SZ}-{scale_label(args.bags)}"
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    table = markdown(report)
+    (RESULTS_DIR / f"{stem}.md").write_text(table)
+    print()
+    print(table)
+    log(f"written: bench/results/{stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""A person at a keyboard standing in for the scanner, in a real browser.
+
+Drives Debian's Chromium (Playwright) against a live server on loopback,
+with the real Content-Security-Policy (so waits use locators, never eval):
+log in, scan a parent, fill it with 30 children by typing + Enter, see it
+complete and the next child refused, undo, then load it onto a bill and
+close the bill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from conftest import PASSWORD
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium: apt-get install chromium"),
+]
+
+
+@pytest.fixture
+def live_server(app):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def log_in(page, base_url: str, username: str) -> None:
+    page.goto(f"{base_url}/login")
+    page.keyboard.type(username)  # the username field has focus
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{base_url}/")
+
+
+def scan(page, code: str) -> None:
+    """What a wedge scanner does: type the code into the focused input, then Enter."""
+    page.keyboard.type(code)
+    page.keyboard.press("Enter")
+
+
+def test_fill_a_parent_with_the_keyboard_only(live_server, browser, make_user):
+    make_user("floor1", role="dispatcher", area="NORTH")
+    page = browser.new_page()
+    errors = []  # JavaScript exceptions, including CSP violations
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    log_in(page, live_server, "floor1")
+
+    page.goto(f"{live_server}/scan")
+    scan(page, "sb00001")
+    page.wait_for_selector("#scan-parent:not([hidden])")
+    assert page.inner_text("#scan-parent-qr") == "SB00001"
+
+    for number in range(1, 31):
+        scan(page, f"KID{number:04d}")
+        expect(page.locator("#scan-count")).to_have_text(str(number))
+    assert page.inner_text("#scan-status") == "complete"
+    assert "feedback-ok" in page.get_attribute("#scan-feedback", "class")
+
+    scan(page, "KID0031")
+    page.wait_for_selector("#scan-feedback.feedback-error")
+    assert "complete" in page.inner_text("#scan-feedback")
+
+    page.click("button.scan-undo")
+    expect(page.locator("#scan-count")).to_have_text("29")
+    assert page.inner_text("#scan-status") == "open"
+    assert errors == []
+
+
+def test_load_a_parent_and_close_the_bill(live_server, browser, make_user, make_parent):
+    make_user("office", role="biller", area=None)
+    make_parent("SB00002", children=3)
+    page = browser.new_page()
+    log_in(page, live_server, "office")
+
+    page.goto(f"{live_server}/bills")
+    page.fill("input[name=bill_no]", "truck-7")
+    page.fill("input[name=capacity]", "2")
+    page.fill("input[name=destination]", "Depot")
+    page.press("input[name=destination]", "Enter")
+    page.wait_for_url(f"{live_server}/bills/TRUCK-7")
+
+    scan(page, "SB00002")  # the loading input has focus
+    expect(page.locator(".feedback-ok")).to_be_visible()
+    expect(page.locator("main")).to_contain_text("SB00002")
+
+    scan(page, "SB99999")
+    page.wait_for_selector(".feedback-error")
+    assert "not found" in page.inner_text(".feedback-error").lower()
+
+    page.reload()
+    page.click("text=Close bill")
+    expect(page.locator("main")).to_contain_text("closed")

@@ -1,0 +1,226 @@
+"""The dashboard figures cache: hits, invalidation by scans and bills, one recomputation per
+expiry across workers, and a Redis outage that only makes the site slower."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+
+import pytest
+from conftest import JSON, PASSWORD, BagtrackClient
+from prometheus_client import REGISTRY
+from sqlalchemy import event
+
+from bagtrack import cache as figures
+from bagtrack import stats
+from bagtrack.extensions import cache, db
+
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+
+
+@contextmanager
+def tally_queries(app):
+    """Collects the statements that read the tally (the figures' only source)."""
+    seen: list[str] = []
+
+    def before(conn, cursor, statement, *args):
+        if "tally" in statement.lower() and statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def logged_in(app, user) -> BagtrackClient:
+    app.test_client_class = BagtrackClient
+    client = app.test_client()
+    client.fetch_csrf_token()
+    assert client.post("/login", data={"username": user.username, "password": PASSWORD}).status_code == 303
+    client.fetch_csrf_token()
+    return client
+
+
+def client_area(app, username: str) -> int:
+    from bagtrack.models import User
+
+    with app.app_context():
+        return db.session.query(User).filter_by(username=username).one().area_id
+
+
+@pytest.fixture
+def fresh_prefix():
+    """A cache namespace of its own, so entries of other tests are never read."""
+    return f"bagtrack-test-{uuid.uuid4().hex[:8]}:"
+
+
+def test_second_request_is_served_from_the_cache(make_app, make_user, make_parent, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix)
+    make_parent(children=3)
+    client = logged_in(app, make_user())
+    with tally_queries(app) as queries:
+        first = client.get("/api/stats")
+        assert len(queries) == 1
+        second = client.get("/api/stats")
+        assert len(queries) == 1, "the second request queried the tally again"
+    assert first.status_code == second.status_code == 200
+    assert second.get_json() == first.get_json()
+    assert first.get_json()["bags"] == {"parents": 1, "children": 3}
+    area_id = client_area(app, "worker")
+    with app.app_context():
+        entry = cache.get(f"v{figures.CACHE_SCHEMA}:figures:entry:{area_id}")
+    assert entry["figures"]["bags"] == {"parents": 1, "children": 3}
+
+
+def test_hits_and_misses_are_counted(make_app, make_user, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
+    client = logged_in(app, make_user())
+
+    def counted(result: str) -> float:
+        return REGISTRY.get_sample_value("bagtrack_cache_lookups_total", {"result": result}) or 0
+
+    hits, misses = counted("hit"), counted("miss")
+    client.get("/api/stats")
+    client.get("/api/stats")
+    client.get("/api/stats")
+    assert (counted("hit") - hits, counted("miss") - misses) == (2, 1)
+
+
+def test_a_child_scan_changes_the_figures_at_once(make_app, make_user, make_parent, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
+    parent = make_parent(children=2)
+    client = logged_in(app, make_user())
+    before = client.get("/api/stats").get_json()
+    assert before["bags"]["children"] == 2
+    scan = client.post("/scan/child", data={"parent": parent.qr, "qr": "CHILD0001"}, headers=JSON)
+    assert scan.status_code == 201, scan.get_json()
+    after = client.get("/api/stats").get_json()
+    assert after["bags"]["children"] == 3
+    assert after["scans"]["total"] == before["scans"]["total"] + 1
+
+
+def test_a_scan_in_one_area_leaves_the_other_areas_cached(make_app, make_user, make_parent, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
+    north_parent = make_parent(area="NORTH", children=1)
+    make_parent(area="SOUTH", children=4)
+    north = logged_in(app, make_user("north", area="NORTH"))
+    south = logged_in(app, make_user("south", area="SOUTH"))
+    assert south.get("/api/stats").get_json()["bags"]["children"] == 4
+    assert north.get("/api/stats").get_json()["bags"]["children"] == 1
+    north.post("/scan/child", data={"parent": north_parent.qr, "qr": "CHILD0002"}, headers=JSON)
+    with tally_queries(app) as queries:
+        assert south.get("/api/stats").get_json()["bags"]["children"] == 4
+        assert queries == []
+        assert north.get("/api/stats").get_json()["bags"]["children"] == 2
+        assert len(queries) == 1
+
+
+def test_a_new_bill_shows_in_every_area(make_app, make_user, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
+    dispatcher = logged_in(app, make_user())
+    office = logged_in(app, make_user("office", role="biller", area=None))
+    assert dispatcher.get("/api/stats").get_json()["bills"] == {"open": 0, "closed": 0}
+    assert office.get("/api/stats").get_json()["bills"] == {"open": 0, "closed": 0}
+    created = office.post("/bills", data={"bill_no": "B-100", "capacity": "5"}, headers=JSON)
+    assert created.status_code == 201, created.get_json()
+    assert dispatcher.get("/api/stats").get_json()["bills"] == {"open": 1, "closed": 0}
+    assert office.get("/api/stats").get_json()["bills"] == {"open": 1, "closed": 0}
+
+
+def test_figures_expire_after_the_ttl(make_app, make_user, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=0.2)
+    client = logged_in(app, make_user())
+    with tally_queries(app) as queries:
+        client.get("/api/stats")
+        client.get("/api/stats")
+        assert len(queries) == 1
+        time.sleep(0.25)
+        client.get("/api/stats")
+        assert len(queries) == 2
+
+
+def slow_counted(monkeypatch, seconds: float) -> list:
+    calls = []
+    original = stats.dashboard_figures
+
+    def counted(session, area_id):
+        calls.append(area_id)
+        time.sleep(seconds)
+        return original(session, area_id)
+
+    monkeypatch.setattr(stats, "dashboard_figures", counted)
+    return calls
+
+
+def figures_from_threads(app, count: int) -> list[dict]:
+    answers: list[dict] = []
+    start = threading.Barrier(count)
+
+    def ask():
+        with app.app_context():
+            start.wait()
+            answers.append(figures.dashboard_figures(db.session, None))
+            db.session.remove()
+
+    threads = [threading.Thread(target=ask) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+@pytest.mark.redis
+def test_an_expired_entry_is_recomputed_once_across_workers(make_app, monkeypatch, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=0.2)
+    with app.app_context():
+        figures.dashboard_figures(db.session, None)
+    time.sleep(0.25)
+    calls = slow_counted(monkeypatch, 0.1)
+    answers = figures_from_threads(app, 12)
+    assert len(calls) == 1
+    assert len(answers) == 12
+
+
+@pytest.mark.redis
+def test_without_any_entry_the_others_wait_for_the_one_recomputing(make_app, monkeypatch, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix)
+    calls = slow_counted(monkeypatch, 0.1)
+    answers = figures_from_threads(app, 12)
+    assert len(calls) == 1
+    assert {answer["generated_at"] for answer in answers} == {answers[0]["generated_at"]}
+
+
+@pytest.mark.redis
+def test_entries_live_under_a_versioned_prefix_in_redis(make_app, make_user, fresh_prefix):
+    import redis
+
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix)
+    logged_in(app, make_user()).get("/api/stats")
+    keys = redis.Redis.from_url(app.config["REDIS_URL"]).keys(f"{fresh_prefix}*")
+    assert f"{fresh_prefix}v{figures.CACHE_SCHEMA}:figures:entry:{client_area(app, 'worker')}".encode() in keys
+
+
+def test_a_redis_outage_means_direct_queries_not_errors(make_app, make_user, make_parent):
+    app = make_app(
+        REDIS_URL=UNREACHABLE_REDIS,
+        CACHE_TYPE="RedisCache",
+        CACHE_REDIS_URL=UNREACHABLE_REDIS,
+        RATELIMIT_STORAGE_URI=UNREACHABLE_REDIS,
+    )
+    parent = make_parent(children=1)
+    client = logged_in(app, make_user())
+    started = time.perf_counter()
+    first = client.get("/api/stats")
+    assert first.status_code == 200 and first.get_json()["bags"]["children"] == 1
+    scan = client.post("/scan/child", data={"parent": parent.qr, "qr": "CHILD0003"}, headers=JSON)
+    assert scan.status_code == 201, scan.get_json()
+    second = client.get("/api/stats")
+    assert second.status_code == 200 and second.get_json()["bags"]["children"] == 2
+    assert time.perf_counter() - started < 2
