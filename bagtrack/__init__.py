@@ -15,7 +15,11 @@ from .extensions import compress, csrf, db, login_manager, migrate
 def create_app(config: dict | None = None) -> Flask:
     """Build the app. It never touches the database: workers fork without a connection."""
     app = Flask(__name__, instance_path=str(settings.INSTANCE_DIR))
-    app.config.from_mapping(settings.load())
+    try:
+        app.config.from_mapping(settings.load())
+    except settings.ConfigError as exc:
+        # One line for the operator, from `flask` and gunicorn alike; no traceback.
+        raise SystemExit(f"bagtrack: configuration error: {exc}") from None
     if config:
         app.config.from_mapping(config)
     if app.config["EMBEDDED"] and not app.config.get("SECRET_KEY"):

@@ -1,17 +1,21 @@
 """Per-connection database settings, hooked on the engine without connecting:
 transaction timeouts on PostgreSQL, SQLite's write lock, slow-query logging
-and pool gauges."""
+and pool gauges; and the end of each request's session."""
 
 from __future__ import annotations
 
+import logging
 from time import perf_counter
 
 from flask import Flask, has_request_context
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
 from . import observability
 from .extensions import db
+
+log = logging.getLogger(__name__)
 
 
 def init_app(app: Flask) -> None:
@@ -28,6 +32,28 @@ def init_app(app: Flask) -> None:
     if app.config["BAGTRACK_SLOW_QUERY_MS"]:
         _log_slow_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
     _publish_pool_usage(engine)
+    _end_sessions_quietly(app)
+
+
+def _end_sessions_quietly(app: Flask) -> None:
+    """Roll back what a request left open before Flask-SQLAlchemy removes its session.
+
+    The connection may have died while that transaction sat idle (a database
+    restart, a terminated backend), and then the rollback fails. The answer is
+    made by then, perhaps for a committed scan: it must not become a 500, nor
+    the session stay half-closed. SQLAlchemy has already invalidated the dead
+    connection, so the pool replaces it. Flask runs teardown functions in
+    reverse order of registration, so this one runs first.
+    """
+
+    @app.teardown_appcontext
+    def rollback(_error):
+        if not db.session.registry.has():
+            return
+        try:
+            db.session.rollback()
+        except DBAPIError as error:
+            log.warning("rollback at the end of the request failed: %s", observability.describe_database_error(error))
 
 
 def _configure_postgresql(engine, statement_timeout_ms: int, idle_in_transaction_timeout_ms: int) -> None:

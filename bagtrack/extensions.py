@@ -25,12 +25,16 @@ class Base(DeclarativeBase):
 
 
 def rate_limit_key() -> str:
-    """Logged-in users are limited one by one (scanners share an IP)."""
-    from flask import request
-    from flask_login import current_user
+    """Logged-in users are limited one by one (scanners share an IP).
 
-    if current_user and current_user.is_authenticated:
-        return f"user:{current_user.get_id()}"
+    The user comes from the signed session, not from the database: the limiter
+    runs before the view, and it takes any error in here for a Redis outage.
+    """
+    from flask import request, session
+
+    user_id = session.get("_user_id")
+    if user_id:
+        return f"user:{user_id}"
     return f"ip:{request.remote_addr or 'unknown'}"
 
 

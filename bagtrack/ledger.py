@@ -3,6 +3,7 @@ log, and the dashboard tally."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,12 +12,15 @@ from typing import TypeVar
 from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from . import cache
 from .errors import Refusal
 from .models import TALLY_FIELDS, Scan, Tally, User, utcnow
+from .observability import describe_database_error
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 TALLY_SHARDS = 8
 # Deadlock and serialization failures are safe to retry: nothing was committed.
@@ -105,7 +109,8 @@ def in_transaction(
 
     A :class:`Refusal` rolls everything back; when ``scan_kind`` is given the
     refusal is then written to the scan log in a transaction of its own, so
-    supervisors see error rates, and re-raised. Deadlocks and serialization
+    supervisors see error rates, and re-raised (also when that write fails:
+    the refusal is still the answer). Deadlocks and serialization
     failures are retried: nothing of the failed attempt was committed.
     """
     for attempt in range(ATTEMPTS):
@@ -118,7 +123,14 @@ def in_transaction(
         except Refusal as refusal:
             session.rollback()
             if scan_kind is not None:
-                _log_refusal(session, refusal, user=user, scan_kind=scan_kind)
+                try:
+                    _log_refusal(session, refusal, user=user, scan_kind=scan_kind)
+                except (DBAPIError, PoolTimeout) as exc:
+                    # The refusal is the answer the scanner needs; its log row is best-effort.
+                    session.rollback()
+                    log.warning(
+                        "refusal %s not written to the scan log: %s", refusal.code, describe_database_error(exc)
+                    )
             raise
         except DBAPIError as exc:
             session.rollback()

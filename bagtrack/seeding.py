@@ -104,8 +104,7 @@ class SeedPlan:
 
     def __post_init__(self) -> None:
         self.children = sum(self.fills)
-        billed = sum(1 for index in self.bill_indexes() if index is not None)
-        self.scans = sum(scan_rows(fill, self.capacity) for fill in self.fills) + billed
+        self.scans = sum(scan_rows(fill, self.capacity) for fill in self.fills) + self.billed
 
     @property
     def parents(self) -> int:
@@ -153,11 +152,11 @@ def seed(
     they exist, QR codes and bill numbers continue after the highest existing
     ones. Parent codes must match ``BAGTRACK_PARENT_QR``; when the default
     pattern has no room left the refusal says how to widen it. On PostgreSQL
-    the bag, bill and scan tables are locked against writes while the rows
-    stream in, so run it while the floor is quiet. The session's own
-    transaction is ended first. ``progress`` is called
-    with the number of rows about to be written and returns the function
-    that is then told each chunk's row count.
+    the bag and scan tables are locked, reads included, until the seed
+    commits (see :meth:`PostgresWriter.lock`), so run it while the floor is
+    quiet. The session's own transaction is ended first. ``progress`` is
+    called with the number of rows about to be written and returns the
+    function that is then told each chunk's row count.
     """
     if parents < 1:
         raise Refusal("invalid_input", "--parents must be at least 1.")

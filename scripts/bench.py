@@ -259,12 +259,15 @@ def seed_to(args: argparse.Namespace, env: dict[str, str]) -> int:
     ones and a second pass (the seed adds to what is there) tops up at the
     rate the first one achieved.
     """
+    # One long transaction of COPYs and set-based statements: the app's per-transaction
+    # timeouts, right for requests, would cancel it at millions of rows.
+    seed_env = {**env, "BAGTRACK_DB_STATEMENT_TIMEOUT_MS": "0", "BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "0"}
     bags = count_bags(args.database_url)
     parents = math.ceil(args.bags / (CHILDREN_PER_PARENT + 1))
     for seed_value in (1, 2):
         log(f"seeding {parents:,} parents (flask seed --parents {parents})")
         started = time.monotonic()
-        answer = flask(env, "seed", "--parents", str(parents), "--seed", str(seed_value))
+        answer = flask(seed_env, "seed", "--parents", str(parents), "--seed", str(seed_value))
         summary = next((line for line in answer.stdout.splitlines() if line.startswith("Seeded")), "")
         log(f"seeded in {time.monotonic() - started:.1f} s: {summary}")
         before, bags = bags, count_bags(args.database_url)
@@ -365,6 +368,7 @@ class Server:
     process: subprocess.Popen
     port: int
     log_path: Path
+    database: str
 
     @property
     def host(self) -> str:
@@ -401,7 +405,7 @@ def start_server(name: str, app_spec: str, env: dict[str, str], extra: list[str]
     ]
     with open(log_path, "w", encoding="utf-8") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    server = Server(name, process, port, log_path)
+    server = Server(name, process, port, log_path, urlsplit(env["DATABASE_URL"]).path.lstrip("/"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -444,10 +448,12 @@ def tree_cpu(server: Server) -> float:
     return total
 
 
-def named_cpu(names: tuple[str, ...]) -> dict[int, float]:
+def named_cpu(names: tuple[str, ...], title_word: str | None = None) -> dict[int, float]:
+    """CPU of the processes called ``names`` whose title holds ``title_word`` (a database name, for backends)."""
     seconds = {}
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] in names:
+    for process in psutil.process_iter(["name", "cmdline"]):
+        title = " ".join(process.info["cmdline"] or []) + " "
+        if process.info["name"] in names and (title_word is None or title_word in title):
             with contextlib.suppress(psutil.NoSuchProcess):
                 seconds[process.pid] = cpu_seconds(process)
     return seconds
@@ -471,7 +477,8 @@ class CpuMark:
         return cls(
             server=tree_cpu(server),
             load_generator=cpu_seconds(psutil.Process()),
-            postgres=named_cpu(("postgres", "postmaster")),
+            # Only the backends of the benchmark database: the server may be shared.
+            postgres=named_cpu(("postgres",), f" {server.database} "),
             redis=named_cpu(("redis-server",)),
             machine=machine_busy(),
         )
@@ -829,7 +836,7 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"CPU seconds: server {cpu['server']} ({phase['server_cpu_ms_per_request']} ms/request), "
-            f"load generator {cpu['load_generator']}, PostgreSQL {cpu['postgres']}, Redis {cpu['redis']}, "
+            f"load generator {cpu['load_generator']}, PostgreSQL backends {cpu['postgres']}, Redis {cpu['redis']}, "
             f"other processes {cpu['other']}, whole machine {cpu['machine']} of "
             f"{round(phase['seconds'] * machine['cpus'], 1)}. "
             f"Worker RSS MB: max {sorted(rss['max'].values())}, start {sorted(rss['start'].values())}, "

@@ -206,6 +206,7 @@ def test_check_fails_when_the_database_is_unreachable(make_app, database_url):
     assert result.exit_code == 1
     assert re.search(r"^FAIL  database: .+$", result.output, re.MULTILINE)
     assert "FAIL  migrations: database unreachable" in result.output
+    assert "invariants" not in result.output
 
 
 def test_check_invariants_passes_on_consistent_data(runner, make_parent):
@@ -228,3 +229,22 @@ def test_check_invariants_lists_violations_and_fails(runner, make_parent):
     assert "FAIL  invariants: 1 violation(s)\n      Parent SB00042 has child_count 1 but holds 3 children.\n" in (
         result.output
     )
+
+
+def test_commands_on_an_unmigrated_database_say_to_upgrade(make_app, tmp_path):
+    empty = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'empty.sqlite3'}", SQLALCHEMY_ENGINE_OPTIONS={})
+    cli = empty.test_cli_runner()
+
+    checked = cli.invoke(args=["check", "--invariants"])
+    bootstrapped = cli.invoke(args=["bootstrap"])
+    seeded = cli.invoke(args=["seed", "--parents", "2"])
+
+    assert checked.exit_code == 1
+    assert "FAIL  migrations: database not migrated; run: flask --app bagtrack db upgrade\n" in checked.output
+    assert "FAIL  invariants: not checked, the database is unreachable or not migrated\n" in checked.output
+    assert bootstrapped.exit_code == 1
+    assert bootstrapped.output == (
+        "Error: the database is not ready (no such table: dispatch_area); run: flask --app bagtrack db upgrade\n"
+    )
+    assert seeded.exit_code == 1
+    assert seeded.output.startswith("Error: the database refused the seed (no such table: bag)")

@@ -8,10 +8,12 @@ from contextlib import ExitStack
 
 import click
 from flask.cli import with_appcontext
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import seeding
 from ..errors import Refusal
 from ..extensions import db
+from .site import UPGRADE_HINT, first_line
 from .users import fail
 
 
@@ -36,6 +38,8 @@ def seed(parents: int, areas: int, bills: int | None, seed_value: int) -> None:
             )
         except Refusal as refusal:
             fail(refusal.message)
+        except SQLAlchemyError as exc:
+            fail(f"the database refused the seed ({first_line(exc)}); if it is not migrated, {UPGRADE_HINT}")
     elapsed = time.perf_counter() - started
     bags = report.parents + report.children
     click.echo(

@@ -49,7 +49,7 @@ def bootstrap() -> None:
     except Refusal as refusal:
         fail(refusal.message)
     except SQLAlchemyError as exc:
-        fail(f"the database is not ready ({_first_line(exc)}); {UPGRADE_HINT}")
+        fail(f"the database is not ready ({first_line(exc)}); {UPGRADE_HINT}")
     click.echo(f"Created admin user '{DEFAULT_ADMIN}' with password: {password} — shown once, change it.")
 
 
@@ -63,17 +63,18 @@ def check(with_invariants: bool) -> None:
     database_ok = results[-1][1]
     results.append(("redis", *_check_redis(app.config.get("REDIS_URL"))))
     results.append(("migrations", *(_check_migrations() if database_ok else (False, "database unreachable"))))
+    schema_ok = results[-1][1]
     failed = False
     for name, ok, detail in results:
         click.echo(f"{'OK' if ok else 'FAIL':<4}  {name}: {detail}")
         failed = failed or not ok
     if with_invariants:
-        failed = _check_invariants(database_ok) or failed
+        failed = _check_invariants(schema_ok) or failed
     if failed:
         sys.exit(1)
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     message = str(getattr(exc, "orig", None) or exc).strip()
     return message.splitlines()[0] if message else type(exc).__name__
 
@@ -99,7 +100,7 @@ def _check_database() -> tuple[bool, str]:
     try:
         elapsed = _timed(lambda: db.session.execute(text("SELECT 1")))
     except SQLAlchemyError as exc:
-        return False, _first_line(exc)
+        return False, first_line(exc)
     finally:
         db.session.rollback()
     return True, f"{db.engine.dialect.name} answered in {elapsed:.1f} ms"
@@ -112,7 +113,7 @@ def _check_redis(url: str | None) -> tuple[bool, str]:
     try:
         elapsed = _timed(client.ping)
     except redis.RedisError as exc:
-        return False, _first_line(exc)
+        return False, first_line(exc)
     finally:
         client.close()
     return True, f"answered in {elapsed:.1f} ms"
@@ -123,7 +124,7 @@ def _check_migrations() -> tuple[bool, str]:
     try:
         current = set(MigrationContext.configure(db.session.connection()).get_current_heads())
     except SQLAlchemyError as exc:
-        return False, _first_line(exc)
+        return False, first_line(exc)
     finally:
         db.session.rollback()
     if current == heads:
@@ -133,10 +134,10 @@ def _check_migrations() -> tuple[bool, str]:
     return False, f"database at {', '.join(sorted(current))}, code at {', '.join(sorted(heads))}; {UPGRADE_HINT}"
 
 
-def _check_invariants(database_ok: bool) -> bool:
+def _check_invariants(schema_ok: bool) -> bool:
     """Print the invariant check's result; True when it failed."""
-    if not database_ok:
-        click.echo("FAIL  invariants: database unreachable")
+    if not schema_ok:
+        click.echo("FAIL  invariants: not checked, the database is unreachable or not migrated")
         return True
     started = time.perf_counter()
     violations = invariants.find_violations(db.session)

@@ -7,8 +7,8 @@ from flask_login import current_user, login_required
 
 from .. import queries
 from ..access import area_scope
+from ..cache import dashboard_figures
 from ..extensions import db
-from ..stats import dashboard_figures
 from ..web import before_arg
 
 bp = Blueprint("dashboard", __name__)

@@ -1,0 +1,488 @@
+"""Who reaches what: every route of the app against every kind of visitor, then the ways
+around it (another area's bags, open redirects at login, old session cookies, guessing).
+
+The matrix is built from ``app.url_map``: a route added without a row here fails
+``test_every_route_has_a_row``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+from conftest import CSRF_META, JSON, PASSWORD, BagtrackClient
+from sqlalchemy import select
+
+from bagtrack import accounts, billing
+from bagtrack.extensions import db, limiter
+from bagtrack.models import Bag, Scan
+
+# Not on the metrics allow-list: /metrics must refuse every session from here.
+FLOOR_ADDRESS = "192.0.2.10"
+ACTORS = ("anonymous", "dispatcher", "dispatcher_other_area", "biller", "admin", "disabled", "locked")
+# The disabled and the locked user are, to the site, nobody at all.
+NOBODY = ("anonymous", "disabled", "locked")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One route: how to call it, and the status each actor gets.
+
+    ``path`` and ``form`` may name ``{parent}``, ``{loaded}`` (a parent on
+    ``{bill}``) and ``{bill}``: area A's for most actors, area B's for a
+    dispatcher of A trying another area's objects.
+    """
+
+    method: str
+    rule: str
+    path: str
+    nobody: int
+    dispatcher: int
+    biller: int
+    admin: int
+    other_area: int | None = None
+    form: dict = field(default_factory=dict)
+
+    def expected(self, actor: str) -> int:
+        if actor in NOBODY:
+            return self.nobody
+        if actor == "dispatcher_other_area":
+            return self.dispatcher if self.other_area is None else self.other_area
+        return getattr(self, actor)
+
+
+def page(rule, path=None, *, dispatcher=200, other_area=None, biller=200, admin=200):
+    return Row("GET", rule, path or rule, 302, dispatcher, biller, admin, other_area)
+
+
+def api(rule, path=None, *, other_area=None):
+    return Row("GET", rule, path or rule, 401, 200, 200, 200, other_area)
+
+
+def open_to_all(method, rule, path=None, status=200, form=None):
+    return Row(method, rule, path or rule, status, status, status, status, form=form or {})
+
+
+def post(rule, path=None, *, dispatcher=403, other_area=None, biller=403, admin=303, form=None):
+    return Row("POST", rule, path or rule, 302, dispatcher, biller, admin, other_area, form or {})
+
+
+NEW_USER = {"username": "newcomer", "role": "biller", "password": "long-enough-1"}
+NEW_BILL = {"bill_no": "B-NEW", "capacity": "5", "destination": "Depot"}
+
+MATRIX = [
+    page("/"),
+    page("/scan", "/scan?parent={parent}", other_area=404),
+    post("/scan/parent", form={"qr": "{parent}"}, dispatcher=303, other_area=404, biller=303),
+    post("/scan/child", form={"parent": "{parent}", "qr": "NEWCHILD01"}, dispatcher=303, other_area=404, biller=303),
+    # Billers and admins scanned nothing into the parent themselves.
+    post("/scan/undo", form={"parent": "{parent}"}, dispatcher=303, other_area=404, biller=409, admin=409),
+    page("/bags", "/bags?area=NORTH&kind=parent"),
+    page("/bags/<qr>", "/bags/{parent}", other_area=404),
+    post("/bags/<qr>/close", "/bags/{parent}/close", biller=303),
+    page("/bills", dispatcher=403),
+    post("/bills", form=NEW_BILL, biller=303),
+    page("/bills/<bill_no>", "/bills/{bill}", dispatcher=403),
+    post("/bills/<bill_no>/parents", "/bills/{bill}/parents", form={"qr": "{parent}"}, biller=303),
+    post("/bills/<bill_no>/parents/<qr>/remove", "/bills/{bill}/parents/{loaded}/remove", biller=303),
+    post("/bills/<bill_no>/close", "/bills/{bill}/close", biller=303),
+    post("/bills/<bill_no>/reopen", "/bills/{bill}/reopen", biller=303),
+    page("/scans", "/scans"),
+    api("/api/stats"),
+    api("/api/scans", "/api/scans?limit=5"),
+    api("/api/bags/<path:qr>", "/api/bags/{parent}", other_area=404),
+    page("/admin/", dispatcher=403, biller=403),
+    page("/admin/audit", dispatcher=403, biller=403),
+    post("/admin/users", form=NEW_USER),
+    post("/admin/users/<username>/role", "/admin/users/target/role", form={"role": "biller"}),
+    post("/admin/users/<username>/area", "/admin/users/target/area", form={"area": "SOUTH"}),
+    post("/admin/users/<username>/disable", "/admin/users/target/disable"),
+    post("/admin/users/<username>/enable", "/admin/users/target/enable"),
+    post("/admin/users/<username>/unlock", "/admin/users/target/unlock"),
+    # The generated password is shown on the answer itself, not after a redirect.
+    post("/admin/users/<username>/reset-password", "/admin/users/target/reset-password", admin=200),
+    post("/admin/areas", form={"code": "EAST", "name": "East dock"}),
+    open_to_all("GET", "/login"),
+    open_to_all("POST", "/login", status=401, form={"username": "nobody", "password": "wrong-password"}),
+    Row("POST", "/logout", "/logout", 302, 303, 303, 303),
+    open_to_all("GET", "/health"),
+    open_to_all("GET", "/ready"),
+    open_to_all("GET", "/metrics", status=403),
+    open_to_all("GET", "/static/<path:filename>", "/static/bagtrack.css"),
+]
+ROWS = {(row.method, row.rule): row for row in MATRIX}
+
+
+def routes_of(app) -> set[tuple[str, str]]:
+    return {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"})
+    }
+
+
+def test_every_route_has_a_row(app):
+    assert len(MATRIX) == len(ROWS), "a route has two rows"
+    assert routes_of(app) - set(ROWS) == set(), "routes without a row in the access matrix"
+    assert set(ROWS) - routes_of(app) == set(), "rows for routes that no longer exist"
+
+
+def new_client(app, address: str = FLOOR_ADDRESS) -> BagtrackClient:
+    app.test_client_class = BagtrackClient
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    client.fetch_csrf_token()
+    return client
+
+
+def logged_in(app, username: str, address: str = FLOOR_ADDRESS) -> BagtrackClient:
+    client = new_client(app, address)
+    response = client.post("/login", data={"username": username, "password": PASSWORD})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    client.fetch_csrf_token()
+    return client
+
+
+@pytest.fixture
+def floor(app, make_user, make_parent, make_bill):
+    """Two dispatch areas with a dispatcher each, filled parents, a bill in use, and the office.
+
+    Returns the objects of area A and of area B by placeholder name.
+    """
+    floor_a = make_user("floor-a", area="NORTH")
+    floor_b = make_user("floor-b", area="SOUTH")
+    make_user("office", role="biller", area=None)
+    make_user("boss", role="admin", area=None)
+    make_user("target", area="NORTH")
+    make_user("gone", area="NORTH")
+    make_user("stuck", area="NORTH")
+    objects = {}
+    for name, user, numbers in (("a", floor_a, (10001, 10002)), ("b", floor_b, (20001, 20002, 20003))):
+        parents = [make_parent(f"SB{number}", user=user, children=2 if name == "a" else 1) for number in numbers]
+        bill = make_bill(f"B-{name.upper()}", capacity=5)
+        billing.load_parent(db.session, user, bill.bill_no, parents[1].qr)
+        objects[name] = {"parent": parents[0].qr, "loaded": parents[1].qr, "bill": bill.bill_no}
+    db.session.commit()
+    return objects
+
+
+def actor_client(app, actor: str) -> BagtrackClient:
+    if actor == "anonymous":
+        return new_client(app)
+    if actor == "disabled":
+        client = logged_in(app, "gone")
+        accounts.disable_user(db.session, None, "gone")
+        return client
+    if actor == "locked":
+        client = new_client(app)
+        for _ in range(5):
+            client.post("/login", data={"username": "stuck", "password": "wrong-password"})
+        refused = client.post("/login", data={"username": "stuck", "password": PASSWORD})
+        assert refused.status_code == 401
+        assert "locked until" in refused.get_data(as_text=True)
+        return client
+    username = {"dispatcher": "floor-a", "dispatcher_other_area": "floor-a", "biller": "office", "admin": "boss"}
+    return logged_in(app, username[actor])
+
+
+def assert_answer(row: Row, actor: str, response) -> None:
+    expected = row.expected(actor)
+    assert response.status_code == expected, (actor, row.method, row.path, response.get_data(as_text=True)[:300])
+    if expected == 302:
+        assert urlsplit(response.headers["Location"]).path == "/login"
+    if expected == 303:
+        location = urlsplit(response.headers["Location"])
+        assert location.netloc in ("", "localhost")
+        assert (location.path == "/login") == (row.rule == "/logout"), location
+    if row.path.startswith("/api/") and expected != 200:
+        body = response.get_json()
+        assert body["ok"] is False and body["message"]
+        assert body["error"] == {401: "login_required", 404: "not_found"}[expected]
+    if row.rule == "/metrics":
+        assert response.get_json()["error"] == "forbidden"
+
+
+def call(client, row: Row, objects: dict):
+    path = row.path.format(**objects)
+    form = {name: value.format(**objects) for name, value in row.form.items()}
+    # The test shares the app's database session; on SQLite its open read transaction would block the server.
+    db.session.commit()
+    return client.open(path, method=row.method, data=form if row.method == "POST" else None)
+
+
+def objects_for(floor: dict, actor: str) -> dict:
+    return floor["b" if actor == "dispatcher_other_area" else "a"]
+
+
+READS = [row for row in MATRIX if row.method == "GET"]
+WRITES = [row for row in MATRIX if row.method == "POST"]
+
+
+@pytest.mark.parametrize("actor", ACTORS)
+def test_reads(app, floor, actor):
+    """Every GET route for one actor (reads change nothing, so one client walks them all)."""
+    client = actor_client(app, actor)
+    for row in READS:
+        assert_answer(row, actor, call(client, row, objects_for(floor, actor)))
+
+
+@pytest.mark.parametrize("actor", ACTORS)
+@pytest.mark.parametrize("row", WRITES, ids=[row.rule for row in WRITES])
+def test_writes(app, floor, row, actor):
+    """Every POST route for one actor, each on a fresh floor (a write may change what the next one meets)."""
+    client = actor_client(app, actor)
+    assert_answer(row, actor, call(client, row, objects_for(floor, actor)))
+
+
+@pytest.mark.parametrize("row", [row for row in MATRIX if row.nobody in (302, 401)], ids=lambda row: row.rule)
+def test_json_clients_are_told_to_log_in(app, row):
+    response = new_client(app).open(row.path.format(parent="SB10001", loaded="SB10002", bill="B-A"),
+                                    method=row.method, headers=JSON)
+    assert response.status_code == 401
+    assert response.get_json() == {"ok": False, "error": "login_required", "message": "Please log in."}
+
+
+def test_metrics_are_served_to_the_allow_listed_address(client):
+    assert client.get("/metrics").status_code == 200
+
+
+# A dispatcher of area A looking for area B's bags
+
+
+def area_b_codes() -> set[str]:
+    return set(db.session.scalars(select(Bag.qr).join(Bag.area).where(Bag.area.has(code="SOUTH"))))
+
+
+def visible_codes(text: str, codes: set[str]) -> set[str]:
+    return {code for code in codes if code in text}
+
+
+@pytest.fixture
+def floor_a(app, floor):
+    return logged_in(app, "floor-a")
+
+
+def test_another_areas_bags_look_exactly_like_unknown_ones(floor_a, floor):
+    unknown = floor_a.get("/api/bags/SB99999")
+    assert unknown.status_code == 404
+    for code in sorted(area_b_codes()):
+        for variant in (code, code.lower(), f"{code}%0D%0A", f"%E2%80%8B{code}", f"%00{code}", f" {code} "):
+            answer = floor_a.get(f"/api/bags/{variant}")
+            assert answer.status_code == 404, variant
+            assert answer.get_json() == {"ok": False, "error": "not_found", "message": f"Bag {code} was not found."}
+            page = floor_a.get(f"/bags/{variant}")
+            assert page.status_code == 404, variant
+            assert f"Bag {code} was not found." in page.get_data(as_text=True)
+            assert "/bills/" not in page.get_data(as_text=True)
+
+
+def test_lists_and_searches_show_only_the_own_area(floor_a, floor):
+    hidden = area_b_codes()
+    for query in ("area=SOUTH", "q=SB2", "q=SB", "q=C", "bill=B-B", "kind=child", "status=packed", ""):
+        response = floor_a.get(f"/bags?{query}")
+        assert response.status_code == 200, query
+        assert visible_codes(response.get_data(as_text=True), hidden) == set(), query
+    assert "SB10001" in floor_a.get("/bags?q=SB").get_data(as_text=True)
+
+
+def test_the_scan_log_shows_only_the_own_area(floor_a, floor):
+    hidden = area_b_codes()
+    rows, before = [], ""
+    while True:
+        answer = floor_a.get(f"/api/scans?limit=2{before}").get_json()
+        rows += answer["scans"]
+        if answer["next_before"] is None:
+            break
+        before = f"&before={answer['next_before']}"
+    assert rows and {row["area"] for row in rows} == {"NORTH"}
+    assert {row["qr"] for row in rows} & hidden == set()
+    assert len(rows) == db.session.query(Scan).filter(Scan.area.has(code="NORTH")).count()
+    for path in ("/scans", "/"):
+        assert visible_codes(floor_a.get(path).get_data(as_text=True), hidden) == set(), path
+
+
+def test_dashboard_figures_are_the_own_areas(app, floor_a, floor):
+    office = logged_in(app, "office")
+    mine = floor_a.get("/api/stats").get_json()
+    everyone = office.get("/api/stats").get_json()
+    assert mine["bags"] == {"parents": 2, "children": 4}
+    assert everyone["bags"] == {"parents": 5, "children": 7}
+    assert mine["parents"]["billed"] == 1 and everyone["parents"]["billed"] == 2
+    assert mine["scans"]["total"] < everyone["scans"]["total"]
+
+
+def test_scanning_into_another_areas_parent_changes_nothing(floor_a, floor):
+    other = floor["b"]["parent"]
+    children_before = db.session.scalar(select(Bag.child_count).where(Bag.qr == other))
+    for path, form in (
+        ("/scan/child", {"parent": other, "qr": "SNEAKY01"}),
+        ("/scan/undo", {"parent": other}),
+        ("/scan/parent", {"qr": other}),
+    ):
+        answer = floor_a.post(path, data=form, headers=JSON)
+        assert answer.status_code == 404, path
+        assert answer.get_json()["error"] == "parent_not_found"
+    db.session.expire_all()
+    assert db.session.scalar(select(Bag.child_count).where(Bag.qr == other)) == children_before
+    assert db.session.scalar(select(Bag.id).where(Bag.qr == "SNEAKY01")) is None
+
+
+# Logging in: where it lands, and which cookies it honours
+
+
+def hidden_next(page_html: str) -> str:
+    marker = 'name="next" type="hidden" value="'
+    start = page_html.index(marker) + len(marker)
+    return page_html[start : page_html.index('"', start)]
+
+
+def lands_on_this_site(location: str) -> bool:
+    # Browsers drop tabs and newlines inside a URL and read backslashes as slashes.
+    seen_by_browser = location.replace("\t", "").replace("\n", "").replace("\r", "").replace("\\", "/")
+    resolved = urlsplit(urljoin("http://localhost/login", seen_by_browser))
+    return resolved.scheme == "http" and resolved.netloc == "localhost" and not seen_by_browser.startswith("//")
+
+
+HOSTILE_NEXT = [
+    "//evil.example",
+    "https://evil.example",
+    "/\\evil.example",
+    "\\/evil",
+    "javascript:alert(1)",
+    "%2F%2Fevil",
+    "/%09/evil",
+    "/\t/evil.example",
+    "\t//evil.example",
+    " //evil.example",
+    "///evil.example",
+    "http:evil.example",
+    "/ok\r\nLocation: https://evil.example",
+    "\r\nSet-Cookie: session=stolen",
+    "//evil.example%2F@localhost",
+    "/\u3000/evil.example",
+]
+
+
+@pytest.mark.parametrize("target", HOSTILE_NEXT)
+def test_login_never_redirects_off_site(app, make_user, target):
+    make_user()
+    via_page = new_client(app)
+    form_page = via_page.get("/login", query_string={"next": target}).get_data(as_text=True)
+    for client, offered in ((via_page, hidden_next(form_page)), (new_client(app), target)):
+        response = client.post("/login", data={"username": "worker", "password": PASSWORD, "next": offered})
+        assert response.status_code == 303
+        location = response.headers["Location"]
+        assert lands_on_this_site(location), (target, location)
+        assert "\r" not in location and "\n" not in location
+        assert "Set-Cookie: session=stolen" not in str(response.headers)
+
+
+def test_login_returns_to_the_page_asked_for(app, make_user):
+    make_user()
+    client = new_client(app)
+    sent_away = client.get("/bags?q=SB1")
+    assert sent_away.status_code == 302
+    form_page = client.get(sent_away.headers["Location"]).get_data(as_text=True)
+    response = client.post("/login", data={"username": "worker", "password": PASSWORD, "next": hidden_next(form_page)})
+    assert response.headers["Location"] == "/bags?q=SB1"
+
+
+def session_cookie(client) -> str:
+    return client.get_cookie("session").value
+
+
+def replaying(app, cookie: str) -> BagtrackClient:
+    stranger = new_client(app)
+    stranger.set_cookie("session", cookie)
+    return stranger
+
+
+def test_a_session_cookie_from_before_login_stays_logged_out(app, make_user):
+    make_user()
+    client = new_client(app)
+    before = session_cookie(client)
+    assert client.post("/login", data={"username": "worker", "password": PASSWORD}).status_code == 303
+    assert session_cookie(client) != before
+    assert client.get("/api/stats").status_code == 200
+    assert replaying(app, before).get("/api/stats").status_code == 401
+
+
+def test_a_session_cookie_replayed_after_logout_is_logged_out(app, make_user):
+    make_user()
+    client = logged_in(app, "worker")
+    stolen = session_cookie(client)
+    assert replaying(app, stolen).get("/api/stats").status_code == 200
+    response = client.post("/logout")
+    assert response.status_code == 303 and response.headers["Location"] == "/login"
+    replay = replaying(app, stolen)
+    assert replay.get("/api/stats").status_code == 401
+    assert replay.get("/").status_code == 302
+    assert logged_in(app, "worker").get("/api/stats").status_code == 200
+
+
+def test_logging_out_ends_the_users_other_sessions_too(app, make_user):
+    """The documented trade-off: a logout ends every session of that user (shared scanners)."""
+    make_user()
+    handheld, office_pc = logged_in(app, "worker"), logged_in(app, "worker")
+    handheld.post("/logout")
+    assert office_pc.get("/api/stats").status_code == 401
+
+
+def test_a_disabled_users_open_session_ends_at_once(app, floor):
+    client = logged_in(app, "gone")
+    assert client.get("/bags").status_code == 200
+    accounts.disable_user(db.session, None, "gone")
+    assert client.get("/bags").status_code == 302
+    assert client.post("/scan/parent", data={"qr": "SB10001"}, headers=JSON).status_code == 401
+    refused = new_client(app).post("/login", data={"username": "gone", "password": PASSWORD})
+    assert refused.status_code == 401
+    assert "disabled" in refused.get_data(as_text=True)
+
+
+# Guessing passwords
+
+
+@pytest.fixture
+def guarded_app(make_app, monkeypatch):
+    # The limiter is one object per process; an outage test elsewhere may have left it counting in memory.
+    monkeypatch.setattr(limiter, "_storage_dead", False)
+    return make_app(RATELIMIT_ENABLED=True, CACHE_KEY_PREFIX=f"bagtrack-test-{uuid.uuid4().hex[:8]}:")
+
+
+def guess(client, username: str, password: str = "wrong-password"):
+    return client.post("/login", data={"username": username, "password": password})
+
+
+def test_a_guesser_meets_the_lockout_long_before_the_rate_limit(guarded_app, make_user):
+    make_user("target")
+    guesser = new_client(guarded_app, "198.51.100.7")
+    messages = [guess(guesser, "target").get_data(as_text=True) for _ in range(5)]
+    assert all("Wrong username or password." in message for message in messages[:4])
+    assert "locked until" in messages[4]
+    assert "locked until" in guess(guesser, "target", PASSWORD).get_data(as_text=True)
+    # The address keeps its allowance for at least 20 attempts a minute.
+    answers = [guess(guesser, f"someone{number}") for number in range(60)]
+    statuses = [answer.status_code for answer in answers]
+    assert 429 in statuses
+    first_refusal = statuses.index(429)
+    assert first_refusal + 6 >= 20
+    assert set(statuses[:first_refusal]) == {401}
+    refused = answers[first_refusal]
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert "Too many login attempts" in refused.get_data(as_text=True)
+    assert new_client(guarded_app, "198.51.100.8").get("/login").status_code == 200
+
+
+def test_guessing_one_username_from_many_addresses_locks_before_it_limits(guarded_app, make_user):
+    make_user("target")
+    statuses, locked_at = [], None
+    for number in range(12):
+        answer = guess(new_client(guarded_app, f"203.0.113.{number + 1}"), "target")
+        statuses.append(answer.status_code)
+        if locked_at is None and "locked until" in answer.get_data(as_text=True):
+            locked_at = number + 1
+    assert locked_at == 5
+    assert 429 in statuses and statuses.index(429) + 1 > locked_at
+

@@ -1,0 +1,481 @@
+"""bagtrack through faults, with real servers on spare loopback ports: Redis
+killed and restarted, PostgreSQL connections terminated, the database
+unreachable, gunicorn stopped under load. The site keeps answering (slower,
+with looser limits, or 503 "try again"), never 500, and every scan it
+acknowledged is stored.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+
+import pytest
+from conftest import JSON, PASSWORD, BagtrackClient
+from servers import RedisServer, free_port, redis_server
+from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import aliased
+from sqlalchemy.pool import NullPool
+
+from bagtrack.extensions import db, limiter
+from bagtrack.invariants import find_violations
+from bagtrack.models import Bag, Scan
+
+Parent = aliased(Bag)
+# Redis calls time out after 0.25 s; a request meeting an outage pays at most a few of them.
+FAST_S = 1.5
+
+needs_redis_server = pytest.mark.skipif(not RedisServer.available(), reason="needs the redis-server program")
+
+
+def logged_in(app, user) -> BagtrackClient:
+    app.test_client_class = BagtrackClient
+    client = app.test_client()
+    client.fetch_csrf_token()
+    assert client.post("/login", data={"username": user.username, "password": PASSWORD}).status_code == 303
+    client.fetch_csrf_token()
+    return client
+
+
+def timed(call, *args, **kwargs):
+    started = time.perf_counter()
+    response = call(*args, **kwargs)
+    elapsed = time.perf_counter() - started
+    assert elapsed < FAST_S, f"{args[0]} took {elapsed:.2f} s"
+    return response
+
+
+@pytest.fixture
+def limiter_storage_alive(monkeypatch):
+    # The limiter is one object for the process; an outage here must not leave later tests counting in memory.
+    monkeypatch.setattr(limiter, "_storage_dead", False)
+
+
+def redis_app(make_app, url: str, **overrides):
+    """An app whose cache and rate limits live in the Redis at ``url``."""
+    return make_app(
+        REDIS_URL=url,
+        CACHE_TYPE="RedisCache",
+        CACHE_REDIS_URL=url,
+        RATELIMIT_STORAGE_URI=url,
+        CACHE_KEY_PREFIX=f"bagtrack-faults-{uuid.uuid4().hex[:8]}:",
+        **overrides,
+    )
+
+
+@needs_redis_server
+@pytest.mark.slow
+def test_redis_killed_mid_run_leaves_the_site_working(
+    make_app, make_user, make_parent, tmp_path, limiter_storage_alive
+):
+    parent = make_parent()
+    with redis_server(tmp_path) as redis:
+        app = redis_app(
+            make_app, redis.url, RATELIMIT_ENABLED=True, BAGTRACK_LIMIT_SCAN="8/minute", BAGTRACK_REDIS_RETRY_S=0.5
+        )
+        user = make_user()
+        scanner = logged_in(app, user)
+
+        def scan(number: int):
+            return timed(
+                scanner.post, "/scan/child", data={"parent": parent.qr, "qr": f"KID{number:05d}"}, headers=JSON
+            )
+
+        assert scan(1).status_code == 201
+        assert timed(scanner.get, "/api/stats").get_json()["bags"]["children"] == 1
+        assert timed(scanner.get, "/ready").get_json()["status"] == "ok"
+
+        redis.stop()
+        for number in range(2, 10):
+            response = scan(number)
+            assert response.status_code == 201, response.get_json()
+            stats = timed(scanner.get, "/api/stats")
+            assert stats.status_code == 200 and stats.get_json()["bags"]["children"] == number
+        # The limits now count in memory, from the outage on: 8 scans passed, the 9th is refused.
+        refused = scan(10)
+        assert refused.status_code == 429, refused.get_json()
+        assert refused.get_json()["error"] == "rate_limited"
+        assert int(refused.headers["Retry-After"]) > 0
+        ready = timed(scanner.get, "/ready")
+        assert ready.status_code == 200
+        assert ready.get_json()["status"] == "degraded" and ready.get_json()["redis"]["ok"] is False
+        assert logged_in(app, make_user("second")).get("/api/stats").status_code == 200
+
+        redis.start()
+        time.sleep(0.6)
+        assert timed(scanner.get, "/ready").get_json()["status"] == "ok"
+        timed(scanner.get, "/api/stats")
+        from bagtrack import cache as figures
+
+        keys = redis_keys(redis.url)
+        assert any(key.endswith(f"{figures.NAMESPACE}:entry:{user.area_id}") for key in keys), keys
+
+
+def redis_keys(url: str) -> list[str]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return [key.decode() for key in client.keys("*")]
+    finally:
+        client.close()
+
+
+# --- PostgreSQL connections terminated ---------------------------------------------------------
+
+
+def database_name(database_url: str) -> str:
+    return make_url(database_url).database
+
+
+@contextmanager
+def side_connection(database_url: str):
+    """A connection of the test's own, outside the app's pool: it survives what it does to the others."""
+    engine = create_engine(database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def terminate_backends(connection, database: str, pids: list[int] | None = None) -> int:
+    """Terminate the other sessions on ``database`` (only ``pids`` when given) and wait until they are gone."""
+    query = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = :database AND pid <> pg_backend_pid()"
+        " AND (CAST(:pids AS int[]) IS NULL OR pid = ANY(CAST(:pids AS int[])))"
+    )
+    targets = connection.execute(text(query), {"database": database, "pids": pids}).scalars().all()
+    for pid in targets:
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    deadline = time.monotonic() + 5
+    while targets and time.monotonic() < deadline:
+        alive = connection.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:pids AS int[]))"), {"pids": targets}
+        ).scalar_one()
+        if not alive:
+            break
+        time.sleep(0.01)
+    return len(targets)
+
+
+@contextmanager
+def connection_killed_when(app, database_url: str, moment: str, matches=lambda statement: True):
+    """Terminate, from outside, the connection a request is using at ``moment``, once.
+
+    ``moment`` is ``"statement"`` (just before a statement that ``matches``),
+    ``"commit"`` (just before COMMIT is sent) or ``"commit_reply_lost"`` (the
+    server committed, then the connection died before the driver heard so:
+    the outcome is unknown to the app). Yields the list of what was killed.
+    """
+    with app.app_context():
+        engine = db.engine
+    killed: list[str] = []
+
+    def kill(dbapi_connection, what: str) -> None:
+        killed.append(what)
+        with side_connection(database_url) as side:
+            assert terminate_backends(side, database_name(database_url), [dbapi_connection.get_backend_pid()]) == 1
+
+    def before_statement(connection, _cursor, statement, *_args):
+        if not killed and matches(statement):
+            kill(connection.connection.dbapi_connection, statement)
+
+    def before_commit(connection):
+        if not killed:
+            kill(connection.connection.dbapi_connection, "COMMIT")
+
+    committing = engine.dialect.do_commit
+
+    def commit_then_lose_the_reply(dbapi_connection):
+        committing(dbapi_connection)
+        if not killed:
+            kill(dbapi_connection, "after COMMIT")
+            # The driver's next word with the server meets the dead connection, as a lost reply would.
+            dbapi_connection.cursor().execute("SELECT 1")
+
+    if moment == "commit_reply_lost":
+        engine.dialect.do_commit = commit_then_lose_the_reply
+        try:
+            yield killed
+        finally:
+            del engine.dialect.do_commit
+        return
+    name, listener = {"statement": ("before_cursor_execute", before_statement), "commit": ("commit", before_commit)}[
+        moment
+    ]
+    event.listen(engine, name, listener)
+    try:
+        yield killed
+    finally:
+        event.remove(engine, name, listener)
+
+
+def pool_config(database_url: str, **pool) -> dict:
+    from bagtrack.config import engine_options
+
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": {**engine_options({}, database_url), **pool},
+    }
+
+
+def stored_parent(qr: str) -> tuple[int, int, list[str]]:
+    """A parent's kept child_count, its recount, and its children, read fresh."""
+    db.session.rollback()
+    parent = db.session.scalars(select(Bag).where(Bag.qr == qr).execution_options(populate_existing=True)).one()
+    children = db.session.scalars(select(Bag.qr).where(Bag.parent_id == parent.id).order_by(Bag.qr)).all()
+    return parent.child_count, len(children), children
+
+
+def accepted_scans(child_qr: str) -> int:
+    return db.session.scalar(
+        select(func.count()).select_from(Scan).where(Scan.qr == child_qr, Scan.kind == "child", Scan.outcome == "ok")
+    )
+
+
+@pytest.mark.postgres
+def test_a_warm_pool_recovers_from_terminated_connections(make_app, make_user, make_parent, database_url):
+    app = make_app(**pool_config(database_url, pool_size=4, max_overflow=0))
+    parent = make_parent()
+    scanner = logged_in(app, make_user())
+    for number in range(3):
+        assert (
+            scanner.post("/scan/child", data={"parent": parent.qr, "qr": f"WARM{number:04d}"}, headers=JSON).status_code
+            == 201
+        )
+    with side_connection(database_url) as side:
+        assert terminate_backends(side, database_name(database_url)) >= 1
+    # Every pooled connection is dead; pre-ping replaces them as requests check them out.
+    for number in range(3, 8):
+        response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": f"WARM{number:04d}"}, headers=JSON)
+        assert response.status_code == 201, response.get_data(as_text=True)
+        assert scanner.get("/api/stats").status_code == 200
+    assert logged_in(app, make_user("second")).get(f"/api/bags/{parent.qr}").get_json()["child_count"] == 8
+    assert stored_parent(parent.qr)[:2] == (8, 8)
+    assert find_violations(db.session) == []
+
+
+KILL_POINTS = {
+    "before the child is linked": ("statement", lambda statement: statement.lstrip().startswith("UPDATE bag")),
+    "before the scan log row": ("statement", lambda statement: "INSERT INTO scan" in statement),
+    "before COMMIT": ("commit", lambda statement: True),
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("where", list(KILL_POINTS))
+def test_a_connection_killed_mid_scan_answers_503_and_writes_nothing(
+    make_app, make_user, make_parent, database_url, where
+):
+    app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
+    parent = make_parent(children=2)
+    scanner = logged_in(app, make_user())
+    moment, matches = KILL_POINTS[where]
+    with connection_killed_when(app, database_url, moment, matches) as killed:
+        response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "HALFWAY01"}, headers=JSON)
+    assert killed, "the fault was not injected"
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "unavailable"
+    assert response.headers["Retry-After"] == "5"
+    assert stored_parent(parent.qr) == (2, 2, stored_parent(parent.qr)[2])
+    assert accepted_scans("HALFWAY01") == 0
+    assert find_violations(db.session) == []
+    # The operator scans again: this time it is stored, once.
+    again = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "HALFWAY01"}, headers=JSON)
+    assert again.status_code == 201 and again.get_json()["duplicate"] is False
+    assert stored_parent(parent.qr)[:2] == (3, 3)
+    assert find_violations(db.session) == []
+
+
+@pytest.mark.postgres
+def test_a_commit_whose_answer_was_lost_is_found_by_the_retry(make_app, make_user, make_parent, database_url):
+    app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
+    parent = make_parent(children=2)
+    scanner = logged_in(app, make_user())
+    with connection_killed_when(app, database_url, "commit_reply_lost") as killed:
+        response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "UNKNOWN01"}, headers=JSON)
+    assert killed == ["after COMMIT"]
+    # The app cannot know whether the scan is stored: it must not claim success, nor a refusal.
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "unavailable"
+    again = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "UNKNOWN01"}, headers=JSON)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["duplicate"] is True
+    assert stored_parent(parent.qr)[:2] == (3, 3)
+    assert accepted_scans("UNKNOWN01") == 2
+    assert find_violations(db.session) == []
+
+
+@pytest.mark.postgres
+def test_a_connection_dying_after_the_answer_is_made_does_not_fail_the_request(
+    make_app, make_user, make_parent, database_url
+):
+    app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
+    parent = make_parent()
+    scanner = logged_in(app, make_user())
+    killed = []
+
+    # Registered last, so it runs first: the request's read transaction is still open, idle.
+    @app.teardown_appcontext
+    def kill_idle_connection(_error):
+        if not killed and db.session.in_transaction():
+            killed.append(db.session.connection().connection.dbapi_connection.get_backend_pid())
+            with side_connection(database_url) as side:
+                terminate_backends(side, database_name(database_url), killed)
+
+    response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "IDLE00001"}, headers=JSON)
+    assert killed
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert scanner.post("/scan/child", data={"parent": parent.qr, "qr": "IDLE00002"}, headers=JSON).status_code == 201
+    assert stored_parent(parent.qr)[:2] == (2, 2)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("accept", ["json", "html"])
+def test_a_refusal_is_answered_even_when_logging_it_fails(make_app, make_user, make_parent, database_url, accept):
+    app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
+    parent = make_parent(children=1)
+    other = make_parent(children=1)
+    [packed] = stored_parent(other.qr)[2]
+    scanner = logged_in(app, make_user())
+    headers = JSON if accept == "json" else {}
+    with connection_killed_when(app, database_url, "statement", lambda s: "INSERT INTO scan" in s) as killed:
+        response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": packed}, headers=headers)
+    assert killed
+    assert response.status_code == 409, response.get_data(as_text=True)
+    if accept == "json":
+        assert response.get_json()["error"] == "child_in_other_parent"
+    else:
+        assert f"already in parent bag {other.qr}" in response.get_data(as_text=True)
+    assert stored_parent(parent.qr)[:2] == (1, 1)
+    assert find_violations(db.session) == []
+    # The next request is served normally.
+    assert scanner.post("/scan/child", data={"parent": parent.qr, "qr": "AFTER0001"}, headers=JSON).status_code == 201
+
+
+# --- The database unreachable --------------------------------------------------------------------
+
+
+@needs_redis_server
+def test_a_logged_in_scanner_gets_503_when_the_database_is_unreachable(
+    make_app, make_user, make_parent, tmp_path, limiter_storage_alive
+):
+    parent = make_parent()
+    user = make_user()
+    with redis_server(tmp_path) as redis:
+        working = redis_app(make_app, redis.url, RATELIMIT_ENABLED=True)
+        scanner = logged_in(working, user)
+        unreachable = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/bagtrack"
+        app = redis_app(make_app, redis.url, RATELIMIT_ENABLED=True, **pool_config(unreachable))
+        app.test_client_class = BagtrackClient
+        cut_off = app.test_client()
+        cut_off.set_cookie("session", scanner.get_cookie("session").value)
+        cut_off.csrf_token = scanner.csrf_token
+
+        scan = timed(cut_off.post, "/scan/child", data={"parent": parent.qr, "qr": "NODB0001"}, headers=JSON)
+        assert scan.status_code == 503, scan.get_data(as_text=True)
+        assert scan.get_json()["error"] == "unavailable" and scan.headers["Retry-After"] == "5"
+        page = timed(cut_off.get, f"/scan?parent={parent.qr}")
+        assert page.status_code == 503
+        assert "The database did not answer in time" in page.get_data(as_text=True)
+        assert timed(cut_off.get, "/api/stats").status_code == 503
+        assert timed(cut_off.get, "/ready").status_code == 503
+        assert timed(cut_off.get, "/health").status_code == 200
+        # The rate limits still count in Redis: a database outage is not a Redis outage.
+        assert limiter._storage_dead is False
+
+
+# --- Acknowledged means stored -----------------------------------------------------------------
+
+SCANNERS = 6
+PARENTS_EACH = 2
+CHILDREN_EACH = 12
+KILL_EVERY_S = 0.1
+RETRIES = 60
+
+
+class Killer(threading.Thread):
+    """Terminates every connection to the test database every ``KILL_EVERY_S``; stops Redis once, early on."""
+
+    def __init__(self, database_url: str, redis: RedisServer):
+        super().__init__(daemon=True)
+        self.database_url = database_url
+        self.redis = redis
+        self.done = threading.Event()
+        self.killed = 0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        with side_connection(self.database_url) as side:
+            while not self.done.wait(KILL_EVERY_S):
+                self.killed += terminate_backends(side, database_name(self.database_url))
+                if self.redis.process is not None and time.monotonic() - started > 0.3:
+                    self.redis.stop()
+
+
+@needs_redis_server
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_every_acknowledged_scan_is_stored_through_faults(make_app, make_user, make_parent, database_url, tmp_path):
+    with redis_server(tmp_path) as redis:
+        app = redis_app(make_app, redis.url, **pool_config(database_url, pool_size=4, max_overflow=2))
+        plans = []
+        for number in range(SCANNERS):
+            scanner = logged_in(app, make_user(f"scanner{number}"))
+            parents = [make_parent().qr for _ in range(PARENTS_EACH)]
+            children = [(qr, f"ACK{number}{qr[-3:]}{child:03d}") for qr in parents for child in range(CHILDREN_EACH)]
+            plans.append((scanner, children))
+        acknowledged: list[tuple[str, str]] = []
+        unexpected: list[str] = []
+        unavailable = [0]
+
+        def scan_all(scanner, children) -> None:
+            for parent_qr, child_qr in children:
+                # A scanner operator scans again when told to try again.
+                for _ in range(RETRIES):
+                    response = scanner.post("/scan/child", data={"parent": parent_qr, "qr": child_qr}, headers=JSON)
+                    if response.status_code != 503:
+                        break
+                    unavailable[0] += 1
+                    time.sleep(0.02)
+                body = response.get_json(silent=True) or {}
+                if response.status_code in (200, 201) and body.get("ok") is True:
+                    acknowledged.append((parent_qr, child_qr))
+                else:
+                    unexpected.append(f"{child_qr}: {response.status_code} {response.get_data(as_text=True)[:300]}")
+
+        killer = Killer(database_url, redis)
+        threads = [threading.Thread(target=scan_all, args=plan) for plan in plans]
+        killer.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        killer.done.set()
+        killer.join(10)
+
+    assert not any(thread.is_alive() for thread in threads), "a scanner hung"
+    assert unexpected == []
+    assert killer.killed > 0 and unavailable[0] > 0, "no fault was met"
+    assert len(acknowledged) == SCANNERS * PARENTS_EACH * CHILDREN_EACH
+    db.session.rollback()
+    linked = dict(
+        db.session.execute(
+            select(Bag.qr, Parent.qr).join(Parent, Parent.id == Bag.parent_id).where(Bag.kind == "child")
+        ).all()
+    )
+    logged = set(
+        db.session.execute(
+            select(Bag.qr, Parent.qr)
+            .join(Scan, Scan.bag_id == Bag.id)
+            .join(Parent, Parent.id == Scan.parent_id)
+            .where(Scan.kind == "child", Scan.outcome == "ok", Scan.reason.is_(None))
+        ).all()
+    )
+    assert [pair for pair in acknowledged if linked.get(pair[1]) != pair[0]] == []
+    assert [pair for pair in acknowledged if (pair[1], pair[0]) not in logged] == []
+    assert find_violations(db.session) == []
