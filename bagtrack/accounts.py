@@ -4,19 +4,89 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from datetime import timedelta
+from typing import NamedTuple
 
 from flask import current_app
-from sqlalchemy import select
+from flask_login import UserMixin
+from sqlalchemy import select, update
 
 from .audit import record
+from .codes import normalise, without_controls
 from .errors import Refusal
 from .ledger import in_transaction
-from .models import ROLES, DispatchArea, User, utcnow
+from .models import ROLE_RANK, ROLES, DispatchArea, User, utcnow
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$", re.ASCII)
 AREA_CODE_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,19}$", re.ASCII)
 MIN_PASSWORD_LENGTH = 8
+
+
+class AreaRef(NamedTuple):
+    id: int
+    code: str
+    name: str
+
+
+class SignedInUser(UserMixin):
+    """The logged-in user as a request sees it: a read-only snapshot of the row.
+
+    Requests share the snapshot for ``BAGTRACK_USER_CACHE_S`` seconds, so a
+    scan or a dashboard poll costs no database round trip just to learn who
+    is asking. Every change of a user in this process forgets it at once;
+    another worker sees a role change, a disable or a logout within that
+    many seconds.
+    """
+
+    def __init__(self, user: User):
+        self.id = user.id
+        self.username = user.username
+        self.role = user.role
+        self.area_id = user.area_id
+        self.area = AreaRef(user.area.id, user.area.code, user.area.name) if user.area is not None else None
+        self.session_version = user.session_version
+        self.active = user.active
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_version}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.active
+
+    def has_role(self, role: str) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+_signed_in: dict[int, tuple[float, SignedInUser]] = {}
+
+
+def signed_in_user(session, user_id: int, session_version: int) -> SignedInUser | None:
+    """The user a session cookie names, if its version is current and the account active."""
+    ttl = current_app.config["BAGTRACK_USER_CACHE_S"]
+    now = time.monotonic()
+    cached = _signed_in.get(user_id)
+    if cached is None or cached[0] <= now:
+        user = session.get(User, user_id)
+        if user is None:
+            _signed_in.pop(user_id, None)
+            return None
+        cached = (now + ttl, SignedInUser(user))
+        if ttl > 0:
+            _signed_in[user_id] = cached
+    snapshot = cached[1]
+    if snapshot.session_version != session_version or not snapshot.active:
+        return None
+    return snapshot
+
+
+def forget_signed_in(user_id: int | None = None) -> None:
+    """Drop the snapshot of one user (``None``: of everyone)."""
+    if user_id is None:
+        _signed_in.clear()
+    else:
+        _signed_in.pop(user_id, None)
 
 
 class LoginRefused(Exception):
@@ -28,7 +98,8 @@ def generate_password() -> str:
 
 
 def normalise_username(raw: str | None) -> str:
-    return (raw or "").strip().lower()
+    """Trimmed and lower-cased, without control or format characters (a NUL must not reach a query)."""
+    return without_controls(raw).strip().lower()
 
 
 def find_user(session, username: str) -> User:
@@ -39,7 +110,7 @@ def find_user(session, username: str) -> User:
 
 
 def find_area(session, code: str | None) -> DispatchArea:
-    code = (code or "").strip().upper()
+    code = normalise(code)
     area = session.scalar(select(DispatchArea).where(DispatchArea.code == code))
     if area is None:
         raise Refusal("invalid_input", f"There is no dispatch area {code[:20]!r}.")
@@ -60,12 +131,12 @@ def add_area(session, actor: User | None, code: str, name: str = "") -> Dispatch
     """Add a dispatch area; its code is upper-cased, 1–20 of A-Z 0-9 _ -, and unique."""
 
     def work() -> DispatchArea:
-        normalised = (code or "").strip().upper()
+        normalised = normalise(code)
         if not AREA_CODE_PATTERN.fullmatch(normalised):
             raise Refusal("invalid_input", "An area code is 1 to 20 characters of A-Z, 0-9, '_' and '-'.")
         if session.scalar(select(DispatchArea.id).where(DispatchArea.code == normalised)) is not None:
             raise Refusal("invalid_input", f"Dispatch area {normalised} already exists.")
-        area = DispatchArea(code=normalised, name=(name or normalised).strip()[:100])
+        area = DispatchArea(code=normalised, name=without_controls(name or normalised).strip()[:100])
         session.add(area)
         session.flush()
         record(session, actor, "area.add", normalised, after={"name": area.name})
@@ -113,7 +184,9 @@ def _change_user(session, actor: User | None, username: str, action: str, change
         record(session, actor, action, user.username, before=before, after=after)
         return user
 
-    return in_transaction(session, work)
+    user = in_transaction(session, work)
+    forget_signed_in(user.id)
+    return user
 
 
 def set_role(session, actor: User | None, username: str, role: str) -> User:
@@ -176,6 +249,21 @@ def reset_password(session, actor: User | None, username: str, password: str | N
         user.locked_until = None
 
     return _change_user(session, actor, username, "user.reset_password", change), new_password
+
+
+def end_sessions(session, user: User | SignedInUser) -> None:
+    """Log ``user`` out: every session cookie issued to them stops loading the user.
+
+    Flask's sessions live in the cookie, so clearing it on one device leaves a
+    copied cookie valid; bumping ``session_version`` makes every earlier
+    cookie of the user name a stale version. The price is that logging out
+    on one device logs the user out on all of them. That is the right trade
+    on a floor where scanners are shared and a forgotten session must end
+    when its user leaves.
+    """
+    session.execute(update(User).where(User.id == user.id).values(session_version=User.session_version + 1))
+    session.commit()
+    forget_signed_in(user.id)
 
 
 def authenticate(session, username: str | None, password: str | None) -> User:

@@ -171,11 +171,15 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "BAGTRACK_LOCKOUT_ATTEMPTS": env_int(environ, "BAGTRACK_LOCKOUT_ATTEMPTS", 5, minimum=1),
         "BAGTRACK_LOCKOUT_MINUTES": env_int(environ, "BAGTRACK_LOCKOUT_MINUTES", 15, minimum=1),
         "BAGTRACK_PAGE_SIZE": env_int(environ, "BAGTRACK_PAGE_SIZE", 50, minimum=1),
+        # How long requests share a snapshot of the logged-in user (0: read it every request).
+        "BAGTRACK_USER_CACHE_S": env_float(environ, "BAGTRACK_USER_CACHE_S", 2.0),
         # Database pool.
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options(environ, database_url),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
-        # Applied with SET LOCAL in every PostgreSQL transaction (safe behind PgBouncer); 0 turns one off.
+        # Request timeouts on PostgreSQL (see database.py); 0 turns one off.
         "BAGTRACK_DB_STATEMENT_TIMEOUT_MS": env_int(environ, "BAGTRACK_DB_STATEMENT_TIMEOUT_MS", 5000, minimum=0),
+        # Behind PgBouncer in transaction mode: no session state, timeouts per transaction.
+        "BAGTRACK_DB_PGBOUNCER": env_bool(environ, "BAGTRACK_DB_PGBOUNCER", False),
         "BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": env_int(
             environ, "BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10000, minimum=0
         ),

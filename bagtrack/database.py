@@ -28,6 +28,7 @@ def init_app(app: Flask) -> None:
             engine,
             app.config["BAGTRACK_DB_STATEMENT_TIMEOUT_MS"],
             app.config["BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS"],
+            per_transaction=app.config["BAGTRACK_DB_PGBOUNCER"],
         )
     if app.config["BAGTRACK_SLOW_QUERY_MS"]:
         _log_slow_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
@@ -56,34 +57,50 @@ def _end_sessions_quietly(app: Flask) -> None:
             log.warning("rollback at the end of the request failed: %s", observability.describe_database_error(error))
 
 
-def _configure_postgresql(engine, statement_timeout_ms: int, idle_in_transaction_timeout_ms: int) -> None:
-    """Every transaction of a request runs under a statement timeout and an idle-in-transaction timeout.
+def _configure_postgresql(engine, statement_timeout_ms: int, idle_in_transaction_timeout_ms: int,
+                          per_transaction: bool) -> None:
+    """Requests run under a statement timeout and an idle-in-transaction timeout.
 
     Only requests: migrations, seeding, imports and exports run from the CLI
-    and may rightly run one statement for minutes.
+    and may rightly run one statement for minutes, so a connection gets the
+    timeouts the first time a request checks it out.
 
-    They are set with ``SET LOCAL`` when the transaction begins rather than as
-    startup ``options`` or a session ``SET``: PgBouncer in transaction mode
-    refuses the ``options`` startup parameter and hands session settings to
-    whichever client gets the server connection next, while a ``SET LOCAL``
-    ends with its transaction wherever it ran. It costs one round trip per
-    transaction (both settings travel in one statement). A statement that
-    times out raises ``QueryCanceled``; the rollback that follows leaves the
-    connection clean for the pool.
+    By default they are session settings, sent once per connection. Behind
+    PgBouncer in transaction mode (``BAGTRACK_DB_PGBOUNCER``) session
+    settings would travel to whichever client gets the server connection
+    next, so there they are sent with ``SET LOCAL`` as each transaction
+    begins, one round trip per transaction. A statement that times out raises
+    ``QueryCanceled``; the rollback that follows leaves the connection clean
+    for the pool.
     """
     settings = []
     if statement_timeout_ms:
-        settings.append(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
+        settings.append(f"statement_timeout = {int(statement_timeout_ms)}")
     if idle_in_transaction_timeout_ms:
-        settings.append(f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_in_transaction_timeout_ms)}")
+        settings.append(f"idle_in_transaction_session_timeout = {int(idle_in_transaction_timeout_ms)}")
     if not settings:
         return
-    statement = "; ".join(settings)
+    if per_transaction:
+        statement = "; ".join(f"SET LOCAL {setting}" for setting in settings)
 
-    @event.listens_for(engine, "begin")
-    def on_begin(connection):
-        if has_request_context():
-            connection.exec_driver_sql(statement)
+        @event.listens_for(engine, "begin")
+        def on_begin(connection):
+            if has_request_context():
+                connection.exec_driver_sql(statement)
+
+        return
+
+    statement = "; ".join(f"SET {setting}" for setting in settings)
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_connection, record, _proxy):
+        if has_request_context() and not record.info.get("request_timeouts"):
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(statement)
+            # A session SET outside a transaction block takes effect at once;
+            # psycopg2 opened one, so end it before the pool hands this out.
+            dbapi_connection.commit()
+            record.info["request_timeouts"] = True
 
 
 def _configure_sqlite(engine) -> None:

@@ -30,21 +30,29 @@ ATTEMPTS = 3
 CHANGED_TALLIES = "bagtrack.changed_tallies"
 
 
-def _dialect_insert(session, model):
-    name = session.get_bind().dialect.name
-    module = postgresql if name == "postgresql" else sqlite
-    return module.insert(model)
+# Statements built once per dialect and executed on the Core connection: the
+# write path of every scan runs them, and neither building nor the ORM's
+# bulk-insert machinery is free.
+_statements: dict[tuple, object] = {}
+
+
+def _dialect(session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _insert(dialect: str, table):
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
 
 
 def insert_ignoring_duplicates(session, model, values: dict, key: str):
     """INSERT a row unless one with the same ``key`` exists; return its new id or None."""
-    statement = (
-        _dialect_insert(session, model)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=[key])
-        .returning(model.id)
-    )
-    return session.execute(statement).scalar_one_or_none()
+    dialect = _dialect(session)
+    statement = _statements.get((dialect, model, key))
+    if statement is None:
+        table = model.__table__
+        statement = _insert(dialect, table).on_conflict_do_nothing(index_elements=[key]).returning(table.c.id)
+        _statements[(dialect, model, key)] = statement
+    return session.connection().execute(statement, values).scalar_one_or_none()
 
 
 def add_to_tally(session, area_id: int, **deltas: int) -> None:
@@ -53,16 +61,24 @@ def add_to_tally(session, area_id: int, **deltas: int) -> None:
     if unknown:
         raise ValueError(f"not tally fields: {sorted(unknown)}")
     session.info.setdefault(CHANGED_TALLIES, set()).add(area_id)
-    day = datetime.now(UTC).date()
+    dialect = _dialect(session)
+    statement = _statements.get((dialect, Tally))
+    if statement is None:
+        table = Tally.__table__
+        statement = _insert(dialect, table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["area_id", "day", "shard"],
+            set_={field: table.c[field] + statement.excluded[field] for field in TALLY_FIELDS},
+        )
+        _statements[(dialect, Tally)] = statement
     row = {field: deltas.get(field, 0) for field in TALLY_FIELDS}
-    statement = _dialect_insert(session, Tally).values(
-        area_id=area_id, day=day, shard=random.randrange(TALLY_SHARDS), **row
+    session.connection().execute(
+        statement,
+        {"area_id": area_id, "day": datetime.now(UTC).date(), "shard": random.randrange(TALLY_SHARDS), **row},
     )
-    statement = statement.on_conflict_do_update(
-        index_elements=["area_id", "day", "shard"],
-        set_={field: getattr(Tally, field) + statement.excluded[field] for field in deltas},
-    )
-    session.execute(statement)
+
+
+_SCAN_INSERT = insert(Scan.__table__)
 
 
 def log_scan(
@@ -78,19 +94,20 @@ def log_scan(
     reason: str | None = None,
     outcome: str = "ok",
 ) -> None:
-    session.execute(
-        insert(Scan).values(
-            at=utcnow(),
-            kind=kind,
-            outcome=outcome,
-            reason=reason,
-            qr=(qr or "")[:64],
-            bag_id=bag_id,
-            parent_id=parent_id,
-            bill_id=bill_id,
-            user_id=user.id if user is not None else None,
-            area_id=area_id,
-        )
+    session.connection().execute(
+        _SCAN_INSERT,
+        {
+            "at": utcnow(),
+            "kind": kind,
+            "outcome": outcome,
+            "reason": reason,
+            "qr": (qr or "")[:64],
+            "bag_id": bag_id,
+            "parent_id": parent_id,
+            "bill_id": bill_id,
+            "user_id": user.id if user is not None else None,
+            "area_id": area_id,
+        },
     )
 
 

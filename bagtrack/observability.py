@@ -29,7 +29,7 @@ from flask import Flask, current_app, g, has_request_context, request, request_s
 from flask_login import AnonymousUserMixin
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlalchemy import inspect, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .extensions import db
@@ -283,13 +283,12 @@ def _finish_request(response):
 
 
 def _username() -> str | None:
-    # flask-login keeps the user it loaded in g; reading it from there (and
-    # only attributes already loaded) means logging never queries the database.
+    # flask-login keeps the user it loaded in g (a snapshot, see
+    # accounts.SignedInUser); reading it from there never queries the database.
     user = g.get("_login_user")
     if user is None or isinstance(user, AnonymousUserMixin):
         return None
-    state = inspect(user, raiseerr=False)
-    return state.dict.get("username") if state is not None else None
+    return getattr(user, "username", None)
 
 
 def log_slow_query(statement: str, duration_ms: float) -> None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .access import area_scope, may_see_area
 from .audit import record
-from .codes import require_kind
+from .codes import normalise, require_kind
 from .errors import Refusal
 from .ledger import add_to_tally, in_transaction, insert_ignoring_duplicates, log_scan
 from .models import Bag, DispatchArea, User, utcnow
@@ -72,7 +73,7 @@ def area_for_new_parent(session, user: User, area_code: str | None) -> int:
     scope = area_scope(user)
     if scope is not None:
         return scope
-    code = (area_code or "").strip().upper()
+    code = normalise(area_code)
     if not code:
         raise Refusal("invalid_input", "Choose the dispatch area (field 'area') for a new parent bag.")
     area_id = session.scalar(select(DispatchArea.id).where(DispatchArea.code == code))
@@ -138,70 +139,82 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
         parent_code = require_kind(raw_parent, "parent")
         child_code = require_kind(raw_qr, "child")
         parent = visible_parent(session, user, parent_code.value, lock=True)
-        child = find_bag(session, child_code.value, lock=True)
-        created = False
-        if child is None:
-            _refuse_unless_parent_takes_children(parent, child_code.value)
-            new_id = insert_ignoring_duplicates(
+        if parent.bill_id is None and parent.status == "open" and parent.child_count < parent.capacity:
+            # The floor's common case, a new child into an open parent: insert it
+            # already linked. An existing child makes the insert a no-op and
+            # goes through the full checks below.
+            linked_at = utcnow()
+            child_id = insert_ignoring_duplicates(
                 session,
                 Bag,
                 {
-                    "qr": child_code.value,
-                    "kind": "child",
-                    "status": "loose",
-                    "area_id": parent.area_id,
-                    "created_by_id": user.id,
-                    "created_at": utcnow(),
+                    "qr": child_code.value, "kind": "child", "status": "packed", "area_id": parent.area_id,
+                    "parent_id": parent.id, "linked_by_id": user.id, "linked_at": linked_at,
+                    "created_by_id": user.id, "created_at": linked_at,
                 },
                 "qr",
             )
-            created = new_id is not None
-            # Created (by us, or a moment ago by another scanner): lock and decide.
-            child = find_bag(session, child_code.value, lock=True)
-        if child.kind != "child":
+            if child_id is not None:
+                child = Bag(id=child_id, qr=child_code.value, kind="child", status="packed", parent_id=parent.id)
+                _count_child_in(session, user, parent, child, created=True)
+                return ChildScan(parent, child, created=True, duplicate=False)
+        child = find_bag(session, child_code.value, lock=True)
+        if child is not None and child.kind != "child":
             raise Refusal(
                 "wrong_kind", f"{child.qr} is a parent bag, not a child bag.", qr=child.qr, parent=parent
             )
-        if child.parent_id == parent.id:
+        if child is not None and child.parent_id == parent.id:
             log_scan(
                 session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id,
                 bill_id=parent.bill_id, area_id=parent.area_id, reason="duplicate",
             )
             add_to_tally(session, parent.area_id, scans_ok=1)
             return ChildScan(parent, child, created=False, duplicate=True)
-        if child.parent_id is not None:
+        if child is not None and child.parent_id is not None:
             # Frozen parents say so first; otherwise name the other parent if the user may see it.
             _refuse_unless_parent_takes_children(parent, child.qr, check_full=False)
-            other = session.execute(
-                select(Bag.qr, Bag.area_id).where(Bag.id == child.parent_id)
-            ).one()
+            other = session.execute(select(Bag.qr, Bag.area_id).where(Bag.id == child.parent_id)).one()
             if may_see_area(user, other.area_id):
                 message = f"Child bag {child.qr} is already in parent bag {other.qr}."
             else:
                 message = f"Child bag {child.qr} is already packed in another area."
             raise Refusal("child_in_other_parent", message, qr=child.qr, parent=parent)
-        _refuse_unless_parent_takes_children(parent, child.qr)
-
+        _refuse_unless_parent_takes_children(parent, child_code.value)
+        # Only a loose child is left here: one packed before and taken out again.
         child.parent_id = parent.id
         child.status = "packed"
         child.area_id = parent.area_id
         child.linked_by_id = user.id
         child.linked_at = utcnow()
-        parent.child_count += 1
-        completed = parent.child_count >= parent.capacity
-        if completed:
-            parent.status = "complete"
         session.flush()
-        log_scan(
-            session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id,
-            area_id=parent.area_id,
-        )
-        add_to_tally(
-            session, parent.area_id, scans_ok=1, children=int(created), parents_complete=int(completed)
-        )
-        return ChildScan(parent, child, created=created, duplicate=False)
+        _count_child_in(session, user, parent, child, created=False)
+        return ChildScan(parent, child, created=False, duplicate=False)
 
     return in_transaction(session, work, user=user, scan_kind="child")
+
+
+_PARENT_COUNT_UPDATE = (
+    update(Bag.__table__)
+    .where(Bag.__table__.c.id == bindparam("parent"))
+    .values(child_count=bindparam("new_count"), status=bindparam("new_status"))
+)
+
+
+def _count_child_in(session, user: User, parent: Bag, child: Bag, *, created: bool) -> None:
+    """Count a newly linked child in its (locked) parent, completing it at capacity."""
+    child_count = parent.child_count + 1
+    status = "complete" if child_count >= parent.capacity else "open"
+    session.connection().execute(
+        _PARENT_COUNT_UPDATE, {"parent": parent.id, "new_count": child_count, "new_status": status}
+    )
+    set_committed_value(parent, "child_count", child_count)
+    set_committed_value(parent, "status", status)
+    log_scan(
+        session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id, area_id=parent.area_id
+    )
+    add_to_tally(
+        session, parent.area_id, scans_ok=1, children=int(created), parents_complete=int(status == "complete")
+    )
 
 
 def _refuse_unless_parent_takes_children(parent: Bag, child_qr: str, *, check_full: bool = True) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sqlalchemy.exc
-from flask import Flask, abort, jsonify, render_template, request
+from flask import Flask, Request, abort, jsonify, render_template, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from .accounts import SignedInUser, signed_in_user
 from .errors import STATUS_BY_CODE, Refusal
 from .extensions import db, login_manager
-from .models import User
 
 HTTP_CODES = {
     400: ("invalid_input", "The request was not understood."),
@@ -24,6 +24,23 @@ HTTP_CODES = {
 STATUS_BY_CODE.setdefault("login_required", 401)
 # Seconds a client should wait after a 503 (the pool and connect timeouts are a few seconds).
 RETRY_AFTER_S = 5
+
+
+class FormRequest(Request):
+    """A request whose form has no field without a name.
+
+    A multipart part without ``name=`` is parsed as a field named ``None``,
+    which breaks everything that reads field names (CSRF protection first).
+    Such a part carries nothing a form asked for, so it is dropped.
+    """
+
+    def _load_form_data(self) -> None:
+        super()._load_form_data()
+        for attribute in ("form", "files"):
+            fields = self.__dict__[attribute]
+            if None in fields:
+                named = [(name, value) for name, value in fields.items(multi=True) if name is not None]
+                self.__dict__[attribute] = type(fields)(named)
 
 
 def wants_json() -> bool:
@@ -73,16 +90,15 @@ def error_page(code: str, message: str, status: int, headers: dict | None = None
 
 
 def init_app(app: Flask) -> None:
+    app.request_class = FormRequest
+
     @login_manager.user_loader
-    def load_user(user_id: str) -> User | None:
+    def load_user(user_id: str) -> SignedInUser | None:
         # The id carries the session version: a password reset or disable ends old sessions.
         raw_id, _, version = user_id.partition(":")
-        if not raw_id.isdigit() or not version.isdigit():
+        if not raw_id.isdigit() or not version.isdigit() or len(user_id) > 40:
             return None
-        user = db.session.get(User, int(raw_id))
-        if user is None or user.session_version != int(version) or not user.active:
-            return None
-        return user
+        return signed_in_user(db.session, int(raw_id), int(version))
 
     @login_manager.unauthorized_handler
     def unauthorized():

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.security import generate_password_hash
 
 from bagtrack import create_app
+from bagtrack.accounts import forget_signed_in
 from bagtrack.config import with_psycopg2
 from bagtrack.extensions import db
 from bagtrack.models import Bag, Bill, DispatchArea, User
@@ -141,6 +142,8 @@ def _empty_tables():
     with db.engine.begin() as connection:
         for table in reversed(db.metadata.sorted_tables):
             connection.execute(table.delete())
+    # SQLite hands out the ids of deleted users again: forget their snapshots.
+    forget_signed_in()
 
 
 class BagtrackClient(FlaskClient):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from conftest import JSON, PASSWORD, BagtrackClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from bagtrack import observability
 from bagtrack.config import engine_options
@@ -154,9 +154,23 @@ def test_statement_timeout_answers_503_and_the_connection_stays_usable(make_app,
 
 
 @pytest.mark.postgres
-def test_timeouts_end_with_the_transaction(make_app):
+def test_request_timeouts_are_set_once_per_connection(make_app, database_url):
+    """By default a connection keeps its timeouts: no extra round trip per transaction."""
+    app = make_app(BAGTRACK_DB_STATEMENT_TIMEOUT_MS=1234, **database_config(database_url, pool_size=1, max_overflow=0))
+    with app.test_request_context():
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SHOW statement_timeout")).scalar_one() == "1234ms"
+        with db.engine.connect() as connection:
+            statements = []
+            event.listen(connection, "before_cursor_execute", lambda *args: statements.append(args[2]))
+            assert connection.execute(text("SHOW statement_timeout")).scalar_one() == "1234ms"
+            assert statements == ["SHOW statement_timeout"]
+
+
+@pytest.mark.postgres
+def test_timeouts_end_with_the_transaction_behind_pgbouncer(make_app):
     """SET LOCAL leaves nothing on the server connection (safe behind PgBouncer)."""
-    app = make_app(BAGTRACK_DB_STATEMENT_TIMEOUT_MS=1234)
+    app = make_app(BAGTRACK_DB_STATEMENT_TIMEOUT_MS=1234, BAGTRACK_DB_PGBOUNCER=True)
     with app.test_request_context(), db.engine.connect() as connection:
         assert connection.execute(text("SHOW statement_timeout")).scalar_one() == "1234ms"
         connection.commit()

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from ..accounts import LoginRefused, authenticate
+from ..accounts import LoginRefused, authenticate, end_sessions
 from ..extensions import db
 from .forms import LoginForm
 
@@ -54,6 +54,7 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
+    end_sessions(db.session, current_user._get_current_object())
     logout_user()
     session.clear()
     flash("You have logged out.", "ok")

@@ -134,7 +134,6 @@ def child():
             duplicate=scan.duplicate,
             child={"qr": scan.child.qr, "status": scan.child.status},
             parent=parent_json(scan.parent),
-            children=queries.children_of(db.session, scan.parent),
             message=message,
         )
     flash(message, "ok")
@@ -154,7 +153,6 @@ def undo():
         return json_ok(
             child={"qr": result.child.qr, "status": result.child.status},
             parent=parent_json(parent),
-            children=queries.children_of(db.session, parent),
             message=message,
         )
     flash(message, "ok")

@@ -58,6 +58,24 @@
     }
   }
 
+  function childItem(qr) {
+    const item = document.createElement("li");
+    item.textContent = qr;
+    return item;
+  }
+
+  function updateChildren(form, answer) {
+    const list = byId("scan-children");
+    if (form.action.endsWith("/scan/undo")) {
+      const taken = Array.from(list.children).find((item) => item.textContent === answer.child.qr);
+      if (taken) {
+        taken.remove();
+      }
+    } else if (!answer.duplicate) {
+      list.prepend(childItem(answer.child.qr));
+    }
+  }
+
   function showParent(parent, children) {
     byId("scan-parent-qr").textContent = parent.qr;
     const link = byId("scan-parent-link");
@@ -79,15 +97,10 @@
     page.querySelectorAll('input[name="area"]').forEach((input) => {
       input.value = parent.area;
     });
-    const items = children
-      .slice()
-      .reverse()
-      .map((qr) => {
-        const item = document.createElement("li");
-        item.textContent = qr;
-        return item;
-      });
-    byId("scan-children").replaceChildren(...items);
+    // Parent scans send the whole list; child scans and undo send only the child.
+    if (children) {
+      byId("scan-children").replaceChildren(...children.slice().reverse().map(childItem));
+    }
     start.hidden = true;
     page.hidden = false;
     // A reload (or the next visit to this tab) stays on this parent.
@@ -123,7 +136,10 @@
       return { sent: false, message: answer.message };
     }
     if (answer.ok && answer.parent) {
-      showParent(answer.parent, answer.children || []);
+      showParent(answer.parent, answer.children);
+      if (!answer.children && answer.child) {
+        updateChildren(scan.form, answer);
+      }
     }
     show(answer.ok, answer.message || (answer.ok ? "Done." : "Refused."));
     return { sent: true };
