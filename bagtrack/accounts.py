@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from flask import current_app
 from flask_login import UserMixin
-from sqlalchemy import select, update
+from sqlalchemy import case, or_, select, update
 
 from .audit import record
 from .codes import normalise, without_controls
@@ -274,42 +274,64 @@ def authenticate(session, username: str | None, password: str | None) -> User:
     right password is refused, with a message saying until when.
     """
     name = normalise_username(username)
-    attempts = current_app.config["BAGTRACK_LOCKOUT_ATTEMPTS"]
-    minutes = current_app.config["BAGTRACK_LOCKOUT_MINUTES"]
     invalid = LoginRefused("Wrong username or password.")
     if not name or not password or len(name) > 64 or len(password) > 256:
         raise invalid
-    user = session.scalar(
-        select(User).where(User.username == name).with_for_update(of=User).execution_options(populate_existing=True)
-    )
+    user = session.scalar(select(User).where(User.username == name).execution_options(populate_existing=True))
+    # Hashing a password takes a while on purpose: hold no transaction (and no
+    # pooled connection) meanwhile. Failures are then counted by one atomic
+    # UPDATE, so concurrent attempts can neither lose a count nor undo a lock.
+    session.commit()
     if user is None:
-        session.rollback()
         raise invalid
     now = utcnow()
     if user.is_locked(now):
-        until = user.locked_until.strftime("%H:%M UTC")
-        session.rollback()
-        raise LoginRefused(f"Too many failed attempts: this account is locked until {until}.")
+        raise _locked_until(user.locked_until)
     if not user.check_password(password):
-        window_start = now - timedelta(minutes=minutes)
-        if user.locked_until is not None or (user.last_failed_at or now) < window_start:
-            # Only failures within the window count; an expired lock starts afresh.
-            user.failed_logins = 0
-            user.locked_until = None
-        user.failed_logins += 1
-        user.last_failed_at = now
-        if user.failed_logins >= attempts:
-            user.locked_until = now + timedelta(minutes=minutes)
-        session.commit()
-        if user.locked_until is not None:
-            until = user.locked_until.strftime("%H:%M UTC")
-            raise LoginRefused(f"Too many failed attempts: this account is locked until {until}.")
+        locked_until = _count_failure(session, user.id, now)
+        if locked_until is not None:
+            raise _locked_until(locked_until)
         raise invalid
     if not user.active:
-        session.rollback()
         raise LoginRefused("This account is disabled. Ask an admin.")
     if user.failed_logins or user.locked_until:
-        user.failed_logins = 0
-        user.locked_until = None
-    session.commit()
+        cleared = session.execute(
+            update(User)
+            .where(User.id == user.id, or_(User.locked_until.is_(None), User.locked_until <= now))
+            .values(failed_logins=0, locked_until=None)
+            .returning(User.id)
+        ).scalar_one_or_none()
+        session.commit()
+        if cleared is None:
+            raise _locked_until(session.scalar(select(User.locked_until).where(User.id == user.id)))
+        user.failed_logins, user.locked_until = 0, None
     return user
+
+
+def _locked_until(moment) -> LoginRefused:
+    return LoginRefused(f"Too many failed attempts: this account is locked until {moment:%H:%M} UTC.")
+
+
+def _count_failure(session, user_id: int, now) -> datetime | None:
+    """Count one failed login; return until when the account is locked, if it now is.
+
+    Only failures within ``BAGTRACK_LOCKOUT_MINUTES`` of the previous one
+    count; an expired lock starts the count afresh.
+    """
+    attempts = current_app.config["BAGTRACK_LOCKOUT_ATTEMPTS"]
+    minutes = timedelta(minutes=current_app.config["BAGTRACK_LOCKOUT_MINUTES"])
+    fresh = or_(User.last_failed_at.is_(None), User.last_failed_at < now - minutes, User.locked_until <= now)
+    failures = case((fresh, 1), else_=User.failed_logins + 1)
+    locked_until = case(
+        (User.locked_until > now, User.locked_until),
+        (failures >= attempts, now + minutes),
+        else_=None,
+    )
+    locked = session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(failed_logins=failures, last_failed_at=now, locked_until=locked_until)
+        .returning(User.locked_until)
+    ).scalar_one_or_none()
+    session.commit()
+    return locked

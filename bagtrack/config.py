@@ -210,6 +210,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "BAGTRACK_PROXY_FIX": env_proxy_fix(environ, "BAGTRACK_PROXY_FIX"),
         # Dashboard figures cache and Redis.
         "BAGTRACK_STATS_TTL_S": env_float(environ, "BAGTRACK_STATS_TTL_S", 5.0, minimum=0.1),
+        # How long each worker reuses the figures it last read (0: ask the cache every time).
+        "BAGTRACK_STATS_LOCAL_S": env_float(environ, "BAGTRACK_STATS_LOCAL_S", 1.0),
         "BAGTRACK_REDIS_TIMEOUT_S": env_float(environ, "BAGTRACK_REDIS_TIMEOUT_S", 0.25, minimum=0.01),
         "BAGTRACK_REDIS_RETRY_S": env_float(environ, "BAGTRACK_REDIS_RETRY_S", 5.0),
         # Rate limits (limits notation: "30/minute", "5/second;100/hour").

@@ -134,7 +134,7 @@ def test_a_new_bill_shows_in_every_area(make_app, make_user, fresh_prefix):
 
 
 def test_figures_expire_after_the_ttl(make_app, make_user, fresh_prefix):
-    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=0.2)
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=0.2, BAGTRACK_STATS_LOCAL_S=0)
     client = logged_in(app, make_user())
     with tally_queries(app) as queries:
         client.get("/api/stats")
@@ -143,6 +143,29 @@ def test_figures_expire_after_the_ttl(make_app, make_user, fresh_prefix):
         time.sleep(0.25)
         client.get("/api/stats")
         assert len(queries) == 2
+
+
+@pytest.mark.redis
+def test_each_worker_reuses_the_figures_it_read_for_a_moment(make_app, make_user, make_parent, fresh_prefix):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_LOCAL_S=30)
+    client = logged_in(app, make_user())
+    client.get("/api/stats")
+    with app.app_context():
+        # Another worker's write: it changes the tokens in Redis, not this worker's memory.
+        cache.set(f"{figures.NAMESPACE}:token:all", "changed elsewhere", timeout=0)
+    reads = []
+    with app.app_context():  # the writes below run in this worker
+        original = cache.get_many
+        cache.get_many = lambda *keys: reads.append(keys) or original(*keys)
+        try:
+            assert client.get("/api/stats").status_code == 200
+            assert reads == []
+            # A write in this worker drops what it remembered at once.
+            make_parent("SB00009", children=1)
+            assert client.get("/api/stats").get_json()["bags"]["children"] == 1
+            assert reads
+        finally:
+            cache.get_many = original
 
 
 def slow_counted(monkeypatch, seconds: float) -> list:
@@ -178,7 +201,7 @@ def figures_from_threads(app, count: int) -> list[dict]:
 
 @pytest.mark.redis
 def test_an_expired_entry_is_recomputed_once_across_workers(make_app, monkeypatch, fresh_prefix):
-    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=0.2)
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=0.2, BAGTRACK_STATS_LOCAL_S=0)
     with app.app_context():
         figures.dashboard_figures(db.session, None)
     time.sleep(0.25)
