@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .access import area_scope, may_see_area
@@ -138,11 +138,11 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
     def work() -> ChildScan:
         parent_code = require_kind(raw_parent, "parent")
         child_code = require_kind(raw_qr, "child")
-        parent = visible_parent(session, user, parent_code.value, lock=True)
-        if parent.bill_id is None and parent.status == "open" and parent.child_count < parent.capacity:
-            # The floor's common case, a new child into an open parent: insert it
-            # already linked. An existing child makes the insert a no-op and
-            # goes through the full checks below.
+        parent = _count_a_child_in_open_parent(session, user, parent_code.value)
+        if parent is not None:
+            # The floor's common case: an open parent took one more child. Insert
+            # the child already linked; if it exists after all, give the place
+            # back and let the full checks below decide.
             linked_at = utcnow()
             child_id = insert_ignoring_duplicates(
                 session,
@@ -156,8 +156,10 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
             )
             if child_id is not None:
                 child = Bag(id=child_id, qr=child_code.value, kind="child", status="packed", parent_id=parent.id)
-                _count_child_in(session, user, parent, child, created=True)
+                _log_child_scan(session, user, parent, child, created=True)
                 return ChildScan(parent, child, created=True, duplicate=False)
+            _set_child_count(session, parent.id, parent.child_count - 1)
+        parent = visible_parent(session, user, parent_code.value, lock=True)
         child = find_bag(session, child_code.value, lock=True)
         if child is not None and child.kind != "child":
             raise Refusal(
@@ -193,28 +195,87 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
     return in_transaction(session, work, user=user, scan_kind="child")
 
 
+def _open_parent_update(scoped_to_area: bool):
+    """One statement that locks an open, unbilled, not yet full parent and counts one more child in it."""
+    bag, area = Bag.__table__, DispatchArea.__table__
+    child_count = bag.c.child_count + 1
+    statement = (
+        update(bag)
+        .where(
+            bag.c.qr == bindparam("parent_qr"),
+            bag.c.kind == "parent",
+            bag.c.status == "open",
+            bag.c.bill_id.is_(None),
+            bag.c.child_count < bag.c.capacity,
+        )
+        .values(child_count=child_count, status=case((child_count >= bag.c.capacity, "complete"), else_="open"))
+        .returning(
+            bag.c.id, bag.c.status, bag.c.child_count, bag.c.capacity, bag.c.area_id,
+            select(area.c.code).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_code"),
+            select(area.c.name).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_name"),
+        )
+    )
+    if scoped_to_area:
+        statement = statement.where(bag.c.area_id == bindparam("scope"))
+    return statement
+
+
+_OPEN_PARENT_UPDATES = {False: _open_parent_update(False), True: _open_parent_update(True)}
+
+
+def _count_a_child_in_open_parent(session, user: User, parent_qr: str) -> Bag | None:
+    """Count one more child in ``parent_qr`` if it is open, on no bill and in the user's area.
+
+    Returns the parent as it now is (locked until the transaction ends), or
+    None when it is anything else: unknown, out of area, full, complete or
+    billed. The statement waits for a concurrent scan of the same parent and
+    then judges the row it left, so the capacity holds under any load.
+    """
+    scope = area_scope(user)
+    row = (
+        session.connection()
+        .execute(_OPEN_PARENT_UPDATES[scope is not None], {"parent_qr": parent_qr, "scope": scope})
+        .one_or_none()
+    )
+    if row is None:
+        return None
+    parent = Bag(
+        id=row.id, qr=parent_qr, kind="parent", status=row.status, child_count=row.child_count,
+        capacity=row.capacity, area_id=row.area_id, bill_id=None,
+    )
+    parent.area = DispatchArea(id=row.area_id, code=row.area_code, name=row.area_name)
+    return parent
+
+
 _PARENT_COUNT_UPDATE = (
     update(Bag.__table__)
     .where(Bag.__table__.c.id == bindparam("parent"))
-    .values(child_count=bindparam("new_count"), status=bindparam("new_status"))
+    .values(
+        child_count=bindparam("new_count"),
+        status=case((bindparam("new_count") >= Bag.__table__.c.capacity, "complete"), else_="open"),
+    )
 )
+
+
+def _set_child_count(session, parent_id: int, child_count: int) -> None:
+    session.connection().execute(_PARENT_COUNT_UPDATE, {"parent": parent_id, "new_count": child_count})
 
 
 def _count_child_in(session, user: User, parent: Bag, child: Bag, *, created: bool) -> None:
     """Count a newly linked child in its (locked) parent, completing it at capacity."""
     child_count = parent.child_count + 1
-    status = "complete" if child_count >= parent.capacity else "open"
-    session.connection().execute(
-        _PARENT_COUNT_UPDATE, {"parent": parent.id, "new_count": child_count, "new_status": status}
-    )
+    _set_child_count(session, parent.id, child_count)
     set_committed_value(parent, "child_count", child_count)
-    set_committed_value(parent, "status", status)
+    set_committed_value(parent, "status", "complete" if child_count >= parent.capacity else "open")
+    _log_child_scan(session, user, parent, child, created=created)
+
+
+def _log_child_scan(session, user: User, parent: Bag, child: Bag, *, created: bool) -> None:
     log_scan(
         session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id, area_id=parent.area_id
     )
-    add_to_tally(
-        session, parent.area_id, scans_ok=1, children=int(created), parents_complete=int(status == "complete")
-    )
+    completed = parent.status == "complete"
+    add_to_tally(session, parent.area_id, scans_ok=1, children=int(created), parents_complete=int(completed))
 
 
 def _refuse_unless_parent_takes_children(parent: Bag, child_qr: str, *, check_full: bool = True) -> None:
