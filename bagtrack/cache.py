@@ -204,8 +204,16 @@ def _write_tokens(scopes: list[str]) -> None:
     # A fresh random token can never equal one an entry was computed under,
     # even after Redis evicted or lost the previous token.
     token = secrets.token_hex(8)
+    backend = cache.cache
+    client = getattr(backend, "_write_client", None)
     try:
-        cache.set_many({_token_key(scope): token for scope in scopes}, timeout=0)
+        if client is not None:
+            # One MSET: every scan announces, and a pipeline costs more than a command.
+            dump = backend.serializer.dumps(token)
+            prefix = current_app.config["CACHE_KEY_PREFIX"]
+            client.mset({prefix + _token_key(scope): dump for scope in scopes})
+        else:
+            cache.set_many({_token_key(scope): token for scope in scopes}, timeout=0)
     except Exception:
         _failed("invalidation")
 
