@@ -6,7 +6,6 @@ import re
 import secrets
 import time
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
 from flask import current_app
 from flask_login import UserMixin
@@ -16,17 +15,11 @@ from .audit import record
 from .codes import normalise, without_controls
 from .errors import Refusal
 from .ledger import in_transaction
-from .models import ROLE_RANK, ROLES, DispatchArea, User, utcnow
+from .models import ROLE_RANK, ROLES, AreaRef, DispatchArea, User, utcnow
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$", re.ASCII)
 AREA_CODE_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,19}$", re.ASCII)
 MIN_PASSWORD_LENGTH = 8
-
-
-class AreaRef(NamedTuple):
-    id: int
-    code: str
-    name: str
 
 
 class SignedInUser(UserMixin):

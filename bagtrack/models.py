@@ -9,6 +9,7 @@ that never go negative or past capacity.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import NamedTuple
 
 from flask_login import UserMixin
 from sqlalchemy import (
@@ -49,6 +50,14 @@ class DispatchArea(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     __table_args__ = (CheckConstraint("length(code) between 1 and 20", name="code_length"),)
+
+
+class AreaRef(NamedTuple):
+    """A dispatch area as a plain value, for objects that outlive their session."""
+
+    id: int
+    code: str
+    name: str
 
 
 class User(UserMixin, db.Model):
@@ -165,6 +174,11 @@ class Bag(db.Model):
         Index("ix_bag_kind_status_id", "kind", "status", "id"),
         Index("ix_bag_area_kind_status_id", "area_id", "kind", "status", "id"),
         Index("ix_bag_area_id_id", "area_id", "id"),
+        # Parents are one bag in thirty: an area's parents, newest first, without reading its children.
+        Index(
+            "ix_bag_area_id_id_parents", "area_id", "id",
+            postgresql_where=text("kind = 'parent'"), sqlite_where=text("kind = 'parent'"),
+        ),
         # Prefix search ("q") on PostgreSQL, whatever the database collation.
         Index("ix_bag_qr_prefix", "qr", postgresql_ops={"qr": "varchar_pattern_ops"}),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import bindparam, case, select, update
@@ -21,7 +22,29 @@ from .audit import record
 from .codes import normalise, require_kind
 from .errors import Refusal
 from .ledger import add_to_tally, in_transaction, insert_ignoring_duplicates, log_scan
-from .models import Bag, DispatchArea, User, utcnow
+from .models import AreaRef, Bag, DispatchArea, User, utcnow
+
+
+class OpenParent(NamedTuple):
+    """A parent as the one-statement child scan left it (read like a :class:`Bag`)."""
+
+    id: int
+    qr: str
+    status: str
+    child_count: int
+    capacity: int
+    area_id: int
+    area: AreaRef
+    bill_id: None = None
+    kind: str = "parent"
+
+
+class NewChild(NamedTuple):
+    id: int
+    qr: str
+    parent_id: int
+    status: str = "packed"
+    kind: str = "child"
 
 
 @dataclass
@@ -32,8 +55,8 @@ class ParentScan:
 
 @dataclass
 class ChildScan:
-    parent: Bag
-    child: Bag
+    parent: Bag | OpenParent
+    child: Bag | NewChild
     created: bool
     duplicate: bool
 
@@ -155,7 +178,7 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
                 "qr",
             )
             if child_id is not None:
-                child = Bag(id=child_id, qr=child_code.value, kind="child", status="packed", parent_id=parent.id)
+                child = NewChild(child_id, child_code.value, parent.id)
                 _log_child_scan(session, user, parent, child, created=True)
                 return ChildScan(parent, child, created=True, duplicate=False)
             _set_child_count(session, parent.id, parent.child_count - 1)
@@ -223,7 +246,7 @@ def _open_parent_update(scoped_to_area: bool):
 _OPEN_PARENT_UPDATES = {False: _open_parent_update(False), True: _open_parent_update(True)}
 
 
-def _count_a_child_in_open_parent(session, user: User, parent_qr: str) -> Bag | None:
+def _count_a_child_in_open_parent(session, user: User, parent_qr: str) -> OpenParent | None:
     """Count one more child in ``parent_qr`` if it is open, on no bill and in the user's area.
 
     Returns the parent as it now is (locked until the transaction ends), or
@@ -239,12 +262,10 @@ def _count_a_child_in_open_parent(session, user: User, parent_qr: str) -> Bag | 
     )
     if row is None:
         return None
-    parent = Bag(
-        id=row.id, qr=parent_qr, kind="parent", status=row.status, child_count=row.child_count,
-        capacity=row.capacity, area_id=row.area_id, bill_id=None,
+    return OpenParent(
+        row.id, parent_qr, row.status, row.child_count, row.capacity, row.area_id,
+        AreaRef(row.area_id, row.area_code, row.area_name),
     )
-    parent.area = DispatchArea(id=row.area_id, code=row.area_code, name=row.area_name)
-    return parent
 
 
 _PARENT_COUNT_UPDATE = (
@@ -270,7 +291,7 @@ def _count_child_in(session, user: User, parent: Bag, child: Bag, *, created: bo
     _log_child_scan(session, user, parent, child, created=created)
 
 
-def _log_child_scan(session, user: User, parent: Bag, child: Bag, *, created: bool) -> None:
+def _log_child_scan(session, user: User, parent: Bag | OpenParent, child: Bag | NewChild, *, created: bool) -> None:
     log_scan(
         session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id, area_id=parent.area_id
     )
