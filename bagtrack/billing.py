@@ -51,11 +51,14 @@ def find_bill(session, raw_bill_no: str | None, *, lock: bool = False) -> Bill:
     return bill
 
 
-def _text_field(fields: dict, name: str, limit: int, label: str) -> str:
+def _text_field(fields: dict, name: str, limit: int, label: str, *, upper: bool = False) -> str:
     value = fields.get(name) or ""
     if not isinstance(value, str):
         raise Refusal("invalid_input", f"{label} must be text.")
     value = "".join(ch for ch in value if ch.isprintable() or ch == "\n").strip()
+    if upper:
+        # Before the length check: upper-casing can lengthen text ("ß" becomes "SS").
+        value = value.upper()
     if len(value) > limit:
         raise Refusal("invalid_input", f"{label} is at most {limit} characters.")
     return value
@@ -88,7 +91,7 @@ def create_bill(session, user: User, fields: dict) -> Bill:
             status="open",
             capacity=capacity,
             destination=_text_field(fields, "destination", 200, "Destination"),
-            vehicle_no=_text_field(fields, "vehicle_no", 50, "Vehicle number").upper(),
+            vehicle_no=_text_field(fields, "vehicle_no", 50, "Vehicle number", upper=True),
             description=_text_field(fields, "description", 2000, "Description"),
             parent_count=0,
             child_count=0,

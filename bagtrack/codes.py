@@ -20,16 +20,23 @@ BILL_NO_PATTERN = re.compile(r"^[A-Z0-9-]{1,50}$", re.ASCII)
 ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
 
 
+def without_controls(raw: str | None) -> str:
+    """``raw`` without control or format characters (Cc, Cf): no code or name ever contains one.
+
+    They include NUL, which PostgreSQL refuses in any text value.
+    """
+    if raw is None:
+        return ""
+    return "".join(ch for ch in raw if unicodedata.category(ch) not in ("Cc", "Cf"))
+
+
 def normalise(raw: str | None) -> str:
     """Drop every control/format character (Cc, Cf), trim, upper-case.
 
     Scanners append CR, LF or TAB and some send zero-width characters; none of
     them is ever part of a code.
     """
-    if raw is None:
-        return ""
-    kept = "".join(ch for ch in raw if unicodedata.category(ch) not in ("Cc", "Cf"))
-    return kept.strip().translate(ASCII_UPPER)
+    return without_controls(raw).strip().translate(ASCII_UPPER)
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,13 @@ def _too_many_requests(error: RateLimitExceeded):
 
 def _too_large(error: RequestEntityTooLarge):
     limit = request.max_content_length or current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length <= limit:
+        # The body fits: a multipart form broke the limit on one field's size or on the number of fields.
+        message = (
+            f"The form is too large: at most {_size(request.max_form_memory_size)} per field"
+            f" and {request.max_form_parts} fields are accepted."
+        )
+        return error_page("too_large", message, 413)
     return error_page("too_large", f"The request is too large: at most {_size(limit)} is accepted here.", 413)
 
 

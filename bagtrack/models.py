@@ -176,8 +176,11 @@ class Bag(db.Model):
         Index("ix_bag_area_id_id", "area_id", "id"),
         # Parents are one bag in thirty: an area's parents, newest first, without reading its children.
         Index(
-            "ix_bag_area_id_id_parents", "area_id", "id",
-            postgresql_where=text("kind = 'parent'"), sqlite_where=text("kind = 'parent'"),
+            "ix_bag_area_id_id_parents",
+            "area_id",
+            "id",
+            postgresql_where=text("kind = 'parent'"),
+            sqlite_where=text("kind = 'parent'"),
         ),
         # Prefix search ("q") on PostgreSQL, whatever the database collation.
         Index("ix_bag_qr_prefix", "qr", postgresql_ops={"qr": "varchar_pattern_ops"}),

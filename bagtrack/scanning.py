@@ -184,18 +184,35 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
             _set_child_count(session, parent.id, parent.child_count - 1)
         parent = visible_parent(session, user, parent_code.value, lock=True)
         child = find_bag(session, child_code.value, lock=True)
-        if child is not None and child.kind != "child":
+        created = False
+        if child is None:
+            # New, but the parent was full, billed or busy a moment ago: decide on its locked row now.
+            _refuse_unless_parent_takes_children(parent, child_code.value)
+            created = (
+                insert_ignoring_duplicates(
+                    session,
+                    Bag,
+                    {
+                        "qr": child_code.value, "kind": "child", "status": "loose", "area_id": parent.area_id,
+                        "created_by_id": user.id, "created_at": utcnow(),
+                    },
+                    "qr",
+                )
+                is not None
+            )
+            child = find_bag(session, child_code.value, lock=True)
+        if child.kind != "child":
             raise Refusal(
                 "wrong_kind", f"{child.qr} is a parent bag, not a child bag.", qr=child.qr, parent=parent
             )
-        if child is not None and child.parent_id == parent.id:
+        if child.parent_id == parent.id:
             log_scan(
                 session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id,
                 bill_id=parent.bill_id, area_id=parent.area_id, reason="duplicate",
             )
             add_to_tally(session, parent.area_id, scans_ok=1)
             return ChildScan(parent, child, created=False, duplicate=True)
-        if child is not None and child.parent_id is not None:
+        if child.parent_id is not None:
             # Frozen parents say so first; otherwise name the other parent if the user may see it.
             _refuse_unless_parent_takes_children(parent, child.qr, check_full=False)
             other = session.execute(select(Bag.qr, Bag.area_id).where(Bag.id == child.parent_id)).one()
@@ -204,16 +221,16 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
             else:
                 message = f"Child bag {child.qr} is already packed in another area."
             raise Refusal("child_in_other_parent", message, qr=child.qr, parent=parent)
-        _refuse_unless_parent_takes_children(parent, child_code.value)
-        # Only a loose child is left here: one packed before and taken out again.
+        _refuse_unless_parent_takes_children(parent, child.qr)
+        # A loose child: just created, or packed before and taken out again.
         child.parent_id = parent.id
         child.status = "packed"
         child.area_id = parent.area_id
         child.linked_by_id = user.id
         child.linked_at = utcnow()
         session.flush()
-        _count_child_in(session, user, parent, child, created=False)
-        return ChildScan(parent, child, created=False, duplicate=False)
+        _count_child_in(session, user, parent, child, created=created)
+        return ChildScan(parent, child, created=created, duplicate=False)
 
     return in_transaction(session, work, user=user, scan_kind="child")
 

@@ -30,7 +30,7 @@ def _positive_int(name: str, default: int | None, maximum: int | None = None) ->
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
         raise ValueError(f"{name} must be a positive whole number")
     value = int(raw)
     return min(value, maximum) if maximum else value

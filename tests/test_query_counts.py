@@ -1,0 +1,222 @@
+"""No page issues a query per row it shows, and the scan hot path stays a handful of statements.
+
+Each counted request starts as a request does in production: a new database
+session and, at worst, the signed-in user to load again (the few-second user
+snapshot has expired). SQLite's ``BEGIN IMMEDIATE`` is left out of the counts,
+so they are the same on both databases; PostgreSQL's pool pre-ping and the
+per-connection timeouts go through the driver directly and never show here.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+from conftest import JSON
+from sqlalchemy import event
+
+from bagtrack import billing
+from bagtrack.accounts import forget_signed_in
+from bagtrack.extensions import db
+
+
+@pytest.fixture
+def counted(app):
+    """``with counted() as sent:`` collects the statements the requests inside send."""
+    engine = db.engine
+
+    @contextmanager
+    def count():
+        sent: list[str] = []
+
+        def record(_connection, _cursor, statement, _parameters, _context, _executemany):
+            if not statement.lstrip().upper().startswith("BEGIN"):
+                sent.append(statement)
+
+        db.session.remove()
+        forget_signed_in()
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            yield sent
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+
+    return count
+
+
+def same_count(few: list[str], many: list[str]) -> None:
+    assert len(few) == len(many), "statements grew with the rows shown:\n" + "\n---\n".join(many)
+
+
+@pytest.fixture
+def biller(make_user, login_as):
+    return login_as(make_user("office", role="biller", area=None))
+
+
+@pytest.fixture
+def dispatcher(make_user, login_as):
+    return login_as(make_user("floor", role="dispatcher", area="NORTH"))
+
+
+def get_page(counted, client, path: str, *, headers=None, status: int = 200):
+    with counted() as sent:
+        response = client.get(path, headers=headers)
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    return response, sent
+
+
+def test_bag_list_costs_the_same_for_5_and_50_bags(counted, biller, make_parent):
+    first = make_parent(children=4, area="NORTH")
+    few_page, few = get_page(counted, biller, "/bags")
+    second = make_parent(children=29, area="SOUTH")
+    make_parent(children=14, area="SOUTH")
+    many_page, many = get_page(counted, biller, "/bags")
+
+    assert few_page.get_data(as_text=True).count('href="/bags/') == 5
+    assert many_page.get_data(as_text=True).count('href="/bags/') == 50
+    assert first.qr in many_page.get_data(as_text=True) and second.qr in many_page.get_data(as_text=True)
+    same_count(few, many)
+    # Filters and the next page cost no more per row either.
+    _page, filtered = get_page(counted, biller, "/bags?kind=child&area=SOUTH")
+    _page, paged = get_page(counted, biller, f"/bags?before={second.id}")
+    assert len(filtered) <= len(many) + 1 and len(paged) == len(many)
+
+
+def test_bag_pages_cost_the_same_for_3_and_30_children(counted, biller, make_parent):
+    small = make_parent(children=3)
+    large = make_parent(children=30)
+
+    few_api, few = get_page(counted, biller, f"/api/bags/{small.qr}", headers=JSON)
+    many_api, many = get_page(counted, biller, f"/api/bags/{large.qr}", headers=JSON)
+    assert len(few_api.get_json()["children"]) == 3 and len(many_api.get_json()["children"]) == 30
+    assert len(many_api.get_json()["scans"]) == 20
+    same_count(few, many)
+
+    _page, few_html = get_page(counted, biller, f"/bags/{small.qr}")
+    many_html_page, many_html = get_page(counted, biller, f"/bags/{large.qr}")
+    assert all(child in many_html_page.get_data(as_text=True) for child in many_api.get_json()["children"])
+    same_count(few_html, many_html)
+
+
+def test_bill_page_costs_the_same_for_2_and_20_parents(counted, biller, make_parent, make_bill, make_user):
+    office = make_user("loader", role="biller", area=None)
+    bill = make_bill("B-COUNT", capacity=30)
+    parents = [make_parent(children=1, area="NORTH" if number % 2 else "SOUTH") for number in range(20)]
+    for parent in parents[:2]:
+        billing.load_parent(db.session, office, bill.bill_no, parent.qr)
+    few_page, few = get_page(counted, biller, f"/bills/{bill.bill_no}")
+    for parent in parents[2:]:
+        billing.load_parent(db.session, office, bill.bill_no, parent.qr)
+    many_page, many = get_page(counted, biller, f"/bills/{bill.bill_no}")
+
+    assert few_page.get_data(as_text=True).count("/remove") == 2
+    assert many_page.get_data(as_text=True).count("/remove") == 20
+    same_count(few, many)
+
+
+def test_bill_list_costs_the_same_for_2_and_20_bills(counted, biller, make_bill):
+    for number in range(2):
+        make_bill(f"B-{number}")
+    few_page, few = get_page(counted, biller, "/bills")
+    for number in range(2, 20):
+        make_bill(f"B-{number}")
+    many_page, many = get_page(counted, biller, "/bills")
+
+    assert "B-1" in few_page.get_data(as_text=True) and "B-19" in many_page.get_data(as_text=True)
+    same_count(few, many)
+
+
+# (path, rows shown once there are fifty scans): the dashboard shows the latest twenty.
+SCAN_LOG_PAGES = [("/", 20), ("/scans", 50), ("/api/scans", 50), ("/api/scans?limit=200", 50)]
+
+
+def shown_scans(page, path: str) -> int:
+    if path.startswith("/api/"):
+        return len(page.get_json()["scans"])
+    return page.get_data(as_text=True).count("data-scan-id=")
+
+
+@pytest.mark.parametrize(("path", "shown"), SCAN_LOG_PAGES)
+def test_scan_log_pages_cost_the_same_for_5_and_50_scans(counted, biller, dispatcher, make_parent, path, shown):
+    headers = JSON if path.startswith("/api/") else None
+    users = (biller, dispatcher)
+    make_parent(children=4)  # five scans: the parent and four children
+    few_pages = [get_page(counted, user, path, headers=headers) for user in users]
+    make_parent(children=29)  # forty-five more in two parents (a parent holds thirty)
+    make_parent(children=14)
+    many_pages = [get_page(counted, user, path, headers=headers) for user in users]
+
+    for (few_page, few), (many_page, many) in zip(few_pages, many_pages, strict=True):
+        assert shown_scans(few_page, path) == 5
+        assert shown_scans(many_page, path) == shown
+        same_count(few, many)
+
+
+def test_admin_users_list_costs_the_same_for_2_and_20_users(counted, make_user, login_as):
+    admin = login_as(make_user("chief", role="admin", area=None))
+    make_user("worker-0", area="NORTH")
+    few_page, few = get_page(counted, admin, "/admin/")
+    for number in range(1, 19):
+        make_user(f"worker-{number}", area="SOUTH" if number % 2 else "NORTH")
+    many_page, many = get_page(counted, admin, "/admin/")
+
+    assert "worker-0" in few_page.get_data(as_text=True) and "worker-18" in many_page.get_data(as_text=True)
+    same_count(few, many)
+
+
+# The scan endpoints' budgets, statement by statement (the signed-in user's load included):
+# a new child into an open parent: the user, one UPDATE that counts the child in the parent,
+# the child's INSERT, the scan log row and the tally row.
+NEW_CHILD = 5
+# A double-fired child: the count is given back, parent and child are read locked, then log and tally.
+DUPLICATE_CHILD = 8
+# Refusals: the user, the checks' reads, then the refusal's log and tally rows in a transaction of their own.
+# A full parent is turned away by the UPDATE; a child packed elsewhere costs the optimistic insert and the
+# other parent's name as well.
+PARENT_FULL = 6
+CHILD_IN_OTHER_PARENT = 9
+# A parent scan: the user, the parent looked up (twice: once to decide whether to create it), log,
+# tally, and its children for the answer.
+PARENT_SCAN = 6
+NEW_PARENT = 7
+# Undo: the user, parent and child read locked, the two rows changed, log and tally.
+UNDO = 7
+
+
+def post_counted(counted, client, path: str, form: dict, status: int) -> list[str]:
+    with counted() as sent:
+        response = client.post(path, data=form, headers=JSON)
+    assert response.status_code == status, response.get_json()
+    return sent
+
+
+def within(sent: list[str], ceiling: int) -> None:
+    assert len(sent) <= ceiling, f"{len(sent)} statements, at most {ceiling} expected:\n" + "\n---\n".join(sent)
+
+
+def test_scan_endpoints_stay_within_their_statement_budgets(counted, dispatcher, make_parent):
+    parent = make_parent(area="NORTH", children=29)
+    full = make_parent(area="NORTH", children=30)
+
+    within(post_counted(counted, dispatcher, "/scan/parent", {"qr": "SB77777"}, 201), NEW_PARENT)
+    within(post_counted(counted, dispatcher, "/scan/parent", {"qr": parent.qr}, 200), PARENT_SCAN)
+    within(post_counted(counted, dispatcher, "/scan/child", {"parent": "SB77777", "qr": "NEWKID01"}, 201), NEW_CHILD)
+    # The child that fills the parent completes it in the same statements.
+    within(post_counted(counted, dispatcher, "/scan/child", {"parent": parent.qr, "qr": "NEWKID02"}, 201), NEW_CHILD)
+    within(
+        post_counted(counted, dispatcher, "/scan/child", {"parent": "SB77777", "qr": "NEWKID01"}, 200),
+        DUPLICATE_CHILD,
+    )
+    within(post_counted(counted, dispatcher, "/scan/child", {"parent": full.qr, "qr": "NEWKID03"}, 409), PARENT_FULL)
+    within(
+        post_counted(counted, dispatcher, "/scan/child", {"parent": "SB77777", "qr": "NEWKID02"}, 409),
+        CHILD_IN_OTHER_PARENT,
+    )
+    within(post_counted(counted, dispatcher, "/scan/undo", {"parent": "SB77777"}, 200), UNDO)
+
+
+def test_budgets_are_the_real_cost_not_a_loose_bound(counted, dispatcher, make_parent):
+    """The new-child budget is exact: a regression that adds one statement to the hot path fails."""
+    parent = make_parent(area="NORTH")
+    sent = post_counted(counted, dispatcher, "/scan/child", {"parent": parent.qr, "qr": "EXACT01"}, 201)
+    assert len(sent) == NEW_CHILD, "\n---\n".join(sent)
