@@ -138,8 +138,9 @@ def add_area(session, actor: User | None, code: str, name: str = "") -> Dispatch
     return in_transaction(session, work)
 
 
-def create_user(session, actor: User | None, username: str, role: str, *, area_code: str | None = None,
-                password: str | None = None) -> User:
+def create_user(
+    session, actor: User | None, username: str, role: str, *, area_code: str | None = None, password: str | None = None
+) -> User:
     """Create a user; dispatchers need an area. Returns the user (password hashed)."""
 
     def work() -> User:
@@ -154,8 +155,9 @@ def create_user(session, actor: User | None, username: str, role: str, *, area_c
             _check_password(password)
         if session.scalar(select(User.id).where(User.username == name)) is not None:
             raise Refusal("invalid_input", f"User {name} already exists.")
-        user = User(username=name, role=role, area_id=area.id if area else None, active=True,
-                    failed_logins=0, session_version=1)
+        user = User(
+            username=name, role=role, area_id=area.id if area else None, active=True, failed_logins=0, session_version=1
+        )
         user.set_password(password or generate_password())
         session.add(user)
         session.flush()
@@ -168,12 +170,10 @@ def create_user(session, actor: User | None, username: str, role: str, *, area_c
 def _change_user(session, actor: User | None, username: str, action: str, change) -> User:
     def work() -> User:
         user = find_user(session, username)
-        before = {"role": user.role, "area_id": user.area_id, "active": user.active,
-                  "locked_until": user.locked_until}
+        before = {"role": user.role, "area_id": user.area_id, "active": user.active, "locked_until": user.locked_until}
         change(user)
         session.flush()
-        after = {"role": user.role, "area_id": user.area_id, "active": user.active,
-                 "locked_until": user.locked_until}
+        after = {"role": user.role, "area_id": user.area_id, "active": user.active, "locked_until": user.locked_until}
         record(session, actor, action, user.username, before=before, after=after)
         return user
 

@@ -131,8 +131,15 @@ def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None
             raise
         if parent.bill_id == bill.id:
             log_scan(
-                session, user=user, kind="load", qr=parent.qr, bag_id=parent.id, parent_id=parent.id,
-                bill_id=bill.id, area_id=parent.area_id, reason="duplicate",
+                session,
+                user=user,
+                kind="load",
+                qr=parent.qr,
+                bag_id=parent.id,
+                parent_id=parent.id,
+                bill_id=bill.id,
+                area_id=parent.area_id,
+                reason="duplicate",
             )
             add_to_tally(session, parent.area_id, scans_ok=1)
             return BillChange(bill, parent, duplicate=True)
@@ -141,18 +148,27 @@ def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None
         if parent.bill_id is not None:
             other = session.scalar(select(Bill.bill_no).where(Bill.id == parent.bill_id))
             raise Refusal(
-                "parent_on_other_bill", f"Parent bag {parent.qr} is already on bill {other}.",
-                qr=parent.qr, parent=parent, bill=bill,
+                "parent_on_other_bill",
+                f"Parent bag {parent.qr} is already on bill {other}.",
+                qr=parent.qr,
+                parent=parent,
+                bill=bill,
             )
         if parent.child_count == 0:
             raise Refusal(
-                "parent_empty", f"Parent bag {parent.qr} is empty; fill it before loading.",
-                qr=parent.qr, parent=parent, bill=bill,
+                "parent_empty",
+                f"Parent bag {parent.qr} is empty; fill it before loading.",
+                qr=parent.qr,
+                parent=parent,
+                bill=bill,
             )
         if bill.parent_count >= bill.capacity:
             raise Refusal(
-                "bill_full", f"Bill {bill.bill_no} is full ({bill.parent_count}/{bill.capacity} parent bags).",
-                qr=parent.qr, parent=parent, bill=bill,
+                "bill_full",
+                f"Bill {bill.bill_no} is full ({bill.parent_count}/{bill.capacity} parent bags).",
+                qr=parent.qr,
+                parent=parent,
+                bill=bill,
             )
         before = bill_snapshot(bill)
         parent.bill_id = bill.id
@@ -160,11 +176,19 @@ def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None
         bill.child_count += parent.child_count
         session.flush()
         log_scan(
-            session, user=user, kind="load", qr=parent.qr, bag_id=parent.id, parent_id=parent.id,
-            bill_id=bill.id, area_id=parent.area_id,
+            session,
+            user=user,
+            kind="load",
+            qr=parent.qr,
+            bag_id=parent.id,
+            parent_id=parent.id,
+            bill_id=bill.id,
+            area_id=parent.area_id,
         )
         add_to_tally(session, parent.area_id, scans_ok=1, parents_billed=1)
-        record(session, user, "bill.load_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill))
+        record(
+            session, user, "bill.load_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill)
+        )
         return BillChange(bill, parent)
 
     return in_transaction(session, work, user=user, scan_kind="load")
@@ -181,8 +205,11 @@ def remove_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | No
             raise Refusal("bill_closed", f"Bill {bill.bill_no} is closed.", qr=parent.qr, parent=parent, bill=bill)
         if parent.bill_id != bill.id:
             raise Refusal(
-                "parent_not_on_bill", f"Parent bag {parent.qr} is not on bill {bill.bill_no}.",
-                qr=parent.qr, parent=parent, bill=bill,
+                "parent_not_on_bill",
+                f"Parent bag {parent.qr} is not on bill {bill.bill_no}.",
+                qr=parent.qr,
+                parent=parent,
+                bill=bill,
             )
         before = bill_snapshot(bill)
         parent.bill_id = None
@@ -190,11 +217,19 @@ def remove_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | No
         bill.child_count -= parent.child_count
         session.flush()
         log_scan(
-            session, user=user, kind="unload", qr=parent.qr, bag_id=parent.id, parent_id=parent.id,
-            bill_id=bill.id, area_id=parent.area_id,
+            session,
+            user=user,
+            kind="unload",
+            qr=parent.qr,
+            bag_id=parent.id,
+            parent_id=parent.id,
+            bill_id=bill.id,
+            area_id=parent.area_id,
         )
         add_to_tally(session, parent.area_id, scans_ok=1, parents_billed=-1)
-        record(session, user, "bill.remove_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill))
+        record(
+            session, user, "bill.remove_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill)
+        )
         return BillChange(bill, parent)
 
     return in_transaction(session, work, user=user, scan_kind="unload")

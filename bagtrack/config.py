@@ -147,10 +147,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     environ = os.environ if environ is None else environ
     database_url = env_str(environ, "DATABASE_URL")
     embedded = database_url is None
-    if database_url is None:
-        database_url = embedded_database_url()
-    else:
-        database_url = with_psycopg2(database_url)
+    database_url = embedded_database_url() if embedded else with_psycopg2(database_url)
     redis_url = env_str(environ, "REDIS_URL")
 
     secret_key = env_str(environ, "SECRET_KEY")

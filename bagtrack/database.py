@@ -57,8 +57,9 @@ def _end_sessions_quietly(app: Flask) -> None:
             log.warning("rollback at the end of the request failed: %s", observability.describe_database_error(error))
 
 
-def _configure_postgresql(engine, statement_timeout_ms: int, idle_in_transaction_timeout_ms: int,
-                          per_transaction: bool) -> None:
+def _configure_postgresql(
+    engine, statement_timeout_ms: int, idle_in_transaction_timeout_ms: int, per_transaction: bool
+) -> None:
     """Requests run under a statement timeout and an idle-in-transaction timeout.
 
     Only requests: migrations, seeding, imports and exports run from the CLI

@@ -209,9 +209,7 @@ class Scan(db.Model):
     area_id: Mapped[int | None] = mapped_column(ForeignKey("dispatch_area.id"))
 
     __table_args__ = (
-        CheckConstraint(
-            "kind in ('parent', 'child', 'undo', 'close', 'load', 'unload')", name="kind_valid"
-        ),
+        CheckConstraint("kind in ('parent', 'child', 'undo', 'close', 'load', 'unload')", name="kind_valid"),
         CheckConstraint(
             "(outcome = 'ok') or (outcome = 'rejected' and reason is not null)",
             name="outcome_valid",

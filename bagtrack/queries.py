@@ -16,17 +16,24 @@ from .access import area_scope, scoped
 from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User
 
 
-def scan_rows(session, user: User, *, limit: int, before: int | None = None, bag: Bag | None = None,
-              bill: Bill | None = None):
+def scan_rows(
+    session, user: User, *, limit: int, before: int | None = None, bag: Bag | None = None, bill: Bill | None = None
+):
     """Scan log rows the user may see, newest first, with names instead of ids."""
     parent = aliased(Bag)
     statement = (
         select(
-            Scan.id, Scan.at, Scan.kind, Scan.outcome, Scan.reason, Scan.qr,
+            Scan.id,
+            Scan.at,
+            Scan.kind,
+            Scan.outcome,
+            Scan.reason,
+            Scan.qr,
             parent.qr.label("parent_qr"),
             # A subquery, not a join: PostgreSQL would rather hash the whole bill table than look up a few rows.
             select(Bill.bill_no).where(Bill.id == Scan.bill_id).scalar_subquery().label("bill_no"),
-            User.username, DispatchArea.code.label("area_code"),
+            User.username,
+            DispatchArea.code.label("area_code"),
         )
         .outerjoin(parent, parent.id == Scan.parent_id)
         .outerjoin(User, User.id == Scan.user_id)

@@ -137,8 +137,14 @@ def scan_parent(session, user: User, raw_qr: str | None, area_code: str | None =
             created = new_id is not None
         parent = visible_parent(session, user, code.value)
         log_scan(
-            session, user=user, kind="parent", qr=code.value, bag_id=parent.id,
-            parent_id=parent.id, bill_id=parent.bill_id, area_id=parent.area_id,
+            session,
+            user=user,
+            kind="parent",
+            qr=code.value,
+            bag_id=parent.id,
+            parent_id=parent.id,
+            bill_id=parent.bill_id,
+            area_id=parent.area_id,
         )
         # One tally row per transaction: two shard locks taken in random order could deadlock.
         add_to_tally(session, parent.area_id, scans_ok=1, parents=int(created))
@@ -158,6 +164,7 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
     parent is ``parent_full``. An unknown child is created. The child that
     fills the parent to capacity completes it in the same transaction.
     """
+
     def work() -> ChildScan:
         parent_code = require_kind(raw_parent, "parent")
         child_code = require_kind(raw_qr, "child")
@@ -171,9 +178,15 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
                 session,
                 Bag,
                 {
-                    "qr": child_code.value, "kind": "child", "status": "packed", "area_id": parent.area_id,
-                    "parent_id": parent.id, "linked_by_id": user.id, "linked_at": linked_at,
-                    "created_by_id": user.id, "created_at": linked_at,
+                    "qr": child_code.value,
+                    "kind": "child",
+                    "status": "packed",
+                    "area_id": parent.area_id,
+                    "parent_id": parent.id,
+                    "linked_by_id": user.id,
+                    "linked_at": linked_at,
+                    "created_by_id": user.id,
+                    "created_at": linked_at,
                 },
                 "qr",
             )
@@ -193,8 +206,12 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
                     session,
                     Bag,
                     {
-                        "qr": child_code.value, "kind": "child", "status": "loose", "area_id": parent.area_id,
-                        "created_by_id": user.id, "created_at": utcnow(),
+                        "qr": child_code.value,
+                        "kind": "child",
+                        "status": "loose",
+                        "area_id": parent.area_id,
+                        "created_by_id": user.id,
+                        "created_at": utcnow(),
                     },
                     "qr",
                 )
@@ -202,13 +219,18 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
             )
             child = find_bag(session, child_code.value, lock=True)
         if child.kind != "child":
-            raise Refusal(
-                "wrong_kind", f"{child.qr} is a parent bag, not a child bag.", qr=child.qr, parent=parent
-            )
+            raise Refusal("wrong_kind", f"{child.qr} is a parent bag, not a child bag.", qr=child.qr, parent=parent)
         if child.parent_id == parent.id:
             log_scan(
-                session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id,
-                bill_id=parent.bill_id, area_id=parent.area_id, reason="duplicate",
+                session,
+                user=user,
+                kind="child",
+                qr=child.qr,
+                bag_id=child.id,
+                parent_id=parent.id,
+                bill_id=parent.bill_id,
+                area_id=parent.area_id,
+                reason="duplicate",
             )
             add_to_tally(session, parent.area_id, scans_ok=1)
             return ChildScan(parent, child, created=False, duplicate=True)
@@ -250,7 +272,11 @@ def _open_parent_update(scoped_to_area: bool):
         )
         .values(child_count=child_count, status=case((child_count >= bag.c.capacity, "complete"), else_="open"))
         .returning(
-            bag.c.id, bag.c.status, bag.c.child_count, bag.c.capacity, bag.c.area_id,
+            bag.c.id,
+            bag.c.status,
+            bag.c.child_count,
+            bag.c.capacity,
+            bag.c.area_id,
             select(area.c.code).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_code"),
             select(area.c.name).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_name"),
         )
@@ -280,7 +306,12 @@ def _count_a_child_in_open_parent(session, user: User, parent_qr: str) -> OpenPa
     if row is None:
         return None
     return OpenParent(
-        row.id, parent_qr, row.status, row.child_count, row.capacity, row.area_id,
+        row.id,
+        parent_qr,
+        row.status,
+        row.child_count,
+        row.capacity,
+        row.area_id,
         AreaRef(row.area_id, row.area_code, row.area_name),
     )
 
@@ -321,13 +352,15 @@ def _refuse_unless_parent_takes_children(parent: Bag, child_qr: str, *, check_fu
         raise Refusal(
             "parent_on_bill",
             f"Parent bag {parent.qr} is loaded on a bill; its contents cannot change.",
-            qr=child_qr, parent=parent,
+            qr=child_qr,
+            parent=parent,
         )
     if check_full and (parent.status == "complete" or parent.child_count >= parent.capacity):
         raise Refusal(
             "parent_full",
             f"Parent bag {parent.qr} is complete ({parent.child_count}/{parent.capacity}).",
-            qr=child_qr, parent=parent,
+            qr=child_qr,
+            parent=parent,
         )
 
 
@@ -339,6 +372,7 @@ def undo_last(session, user: User, raw_parent: str | None) -> Undo:
     a complete parent becomes open again. A parent on a bill is frozen
     (``parent_on_bill``).
     """
+
     def work() -> Undo:
         parent_code = require_kind(raw_parent, "parent")
         parent = visible_parent(session, user, parent_code.value, lock=True)
@@ -346,7 +380,8 @@ def undo_last(session, user: User, raw_parent: str | None) -> Undo:
             raise Refusal(
                 "parent_on_bill",
                 f"Parent bag {parent.qr} is loaded on a bill; its contents cannot change.",
-                qr=parent.qr, parent=parent,
+                qr=parent.qr,
+                parent=parent,
             )
         since = utcnow() - timedelta(seconds=current_app.config["BAGTRACK_UNDO_WINDOW_S"])
         child = session.scalars(
@@ -362,7 +397,8 @@ def undo_last(session, user: User, raw_parent: str | None) -> Undo:
                 "nothing_to_undo",
                 f"You scanned no child into {parent.qr} in the last "
                 f"{current_app.config['BAGTRACK_UNDO_WINDOW_S']} seconds.",
-                qr=parent.qr, parent=parent,
+                qr=parent.qr,
+                parent=parent,
             )
         child.parent_id = None
         child.status = "loose"
@@ -373,7 +409,12 @@ def undo_last(session, user: User, raw_parent: str | None) -> Undo:
         parent.status = "open"
         session.flush()
         log_scan(
-            session, user=user, kind="undo", qr=child.qr, bag_id=child.id, parent_id=parent.id,
+            session,
+            user=user,
+            kind="undo",
+            qr=child.qr,
+            bag_id=child.id,
+            parent_id=parent.id,
             area_id=parent.area_id,
         )
         add_to_tally(session, parent.area_id, scans_ok=1, parents_complete=-int(was_complete))
@@ -388,6 +429,7 @@ def close_parent(session, user: User, raw_qr: str | None) -> CloseShort:
     An already complete parent is a ``duplicate`` success; an empty one is
     ``parent_empty``. The action is written to the audit log.
     """
+
     def work() -> CloseShort:
         code = require_kind(raw_qr, "parent")
         parent = visible_parent(session, user, code.value, lock=True)
@@ -395,18 +437,29 @@ def close_parent(session, user: User, raw_qr: str | None) -> CloseShort:
             return CloseShort(parent, duplicate=True)
         if parent.child_count == 0:
             raise Refusal(
-                "parent_empty", f"Parent bag {parent.qr} is empty; there is nothing to close.",
-                qr=parent.qr, parent=parent,
+                "parent_empty",
+                f"Parent bag {parent.qr} is empty; there is nothing to close.",
+                qr=parent.qr,
+                parent=parent,
             )
         parent.status = "complete"
         session.flush()
         log_scan(
-            session, user=user, kind="close", qr=parent.qr, bag_id=parent.id, parent_id=parent.id,
-            bill_id=parent.bill_id, area_id=parent.area_id,
+            session,
+            user=user,
+            kind="close",
+            qr=parent.qr,
+            bag_id=parent.id,
+            parent_id=parent.id,
+            bill_id=parent.bill_id,
+            area_id=parent.area_id,
         )
         add_to_tally(session, parent.area_id, scans_ok=1, parents_complete=1)
         record(
-            session, user, "parent.close_short", parent.qr,
+            session,
+            user,
+            "parent.close_short",
+            parent.qr,
             before={"status": "open", "child_count": parent.child_count},
             after={"status": "complete", "child_count": parent.child_count},
         )

@@ -142,8 +142,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def on_http_error(error: HTTPException):
         code, message = HTTP_CODES.get(error.code, ("invalid_input", error.description or "Bad request."))
-        if error.code in (400, 403, 404) and error.description and not error.description.startswith(
-            ("The browser", "You don't", "The requested URL")
+        if (
+            error.code in (400, 403, 404)
+            and error.description
+            and not error.description.startswith(("The browser", "You don't", "The requested URL"))
         ):
             message = error.description
         headers = dict(error.get_headers()) if error.code == 405 else None

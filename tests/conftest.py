@@ -214,8 +214,14 @@ def make_user(app, make_area):
     def make(username: str = "worker", role: str = "dispatcher", area: str | None = "NORTH", **fields) -> User:
         area_row = make_area(area) if area else None
         user = User(
-            username=username, role=role, area_id=area_row.id if area_row else None,
-            password_hash=PASSWORD_HASH, active=True, failed_logins=0, session_version=1, **fields,
+            username=username,
+            role=role,
+            area_id=area_row.id if area_row else None,
+            password_hash=PASSWORD_HASH,
+            active=True,
+            failed_logins=0,
+            session_version=1,
+            **fields,
         )
         db.session.add(user)
         db.session.commit()

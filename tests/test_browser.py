@@ -14,9 +14,8 @@ import shutil
 import threading
 
 import pytest
-from werkzeug.serving import make_server
-
 from conftest import PASSWORD
+from werkzeug.serving import make_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [

@@ -1,5 +1,3 @@
-from bagtrack import scanning
-from bagtrack.extensions import db
 from conftest import JSON
 
 
