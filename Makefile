@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FLASK := $(BIN)/flask --app bagtrack
-PYTEST_ARGS ?=
+# Two test processes on two cores; each gets a database of its own.
+PYTEST_ARGS ?= -n auto
 
 .PHONY: run test lint format bench seed migrate check clean
 
