@@ -560,11 +560,12 @@ class PostgresWriter:
     def encode(chunk: tuple[str, tuple[str, ...], list[tuple]]) -> tuple[str, tuple[str, ...], int, str]:
         """A chunk as COPY text: ``%s`` spells None 'None', the NULL marker ``write`` declares.
 
-        No generated value (codes, reasons, numbers, timestamps) is the text 'None'.
+        No value written (codes, reasons, numbers, timestamps, import messages) is the text 'None'
+        or holds a tab or a line break; backslashes, COPY's escape character, are doubled.
         """
         table, columns, rows = chunk
         line = "\t".join(["%s"] * len(columns)) + "\n"
-        return table, columns, len(rows), "".join([line % row for row in rows])
+        return table, columns, len(rows), "".join([line % row for row in rows]).replace("\\", "\\\\")
 
     def write(self, table: str, columns: tuple[str, ...], payload: str) -> None:
         self.cursor.copy_expert(

@@ -4,9 +4,9 @@ from flask import Flask
 
 
 def register(app: Flask) -> None:
-    from . import seed, site, users
+    from . import prune, seed, site, transfer, users
 
-    for group in users.GROUPS:
+    for group in (*users.GROUPS, transfer.import_group):
         app.cli.add_command(group)
-    for command in (site.bootstrap, site.check, seed.seed):
+    for command in (site.bootstrap, site.check, seed.seed, transfer.export, prune.prune):
         app.cli.add_command(command)
