@@ -8,21 +8,20 @@ import time
 from datetime import datetime, timedelta
 
 from flask import current_app
-from flask_login import UserMixin
 from sqlalchemy import case, or_, select, update
 
 from .audit import record
 from .codes import normalise, without_controls
 from .errors import Refusal
 from .ledger import in_transaction
-from .models import ROLE_RANK, ROLES, AreaRef, DispatchArea, User, utcnow
+from .models import ROLES, AreaRef, DispatchArea, Identity, User, utcnow
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$", re.ASCII)
 AREA_CODE_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,19}$", re.ASCII)
 MIN_PASSWORD_LENGTH = 8
 
 
-class SignedInUser(UserMixin):
+class SignedInUser(Identity):
     """The logged-in user as a request sees it: a read-only snapshot of the row.
 
     Requests share the snapshot for ``BAGTRACK_USER_CACHE_S`` seconds, so a
@@ -40,16 +39,6 @@ class SignedInUser(UserMixin):
         self.area = AreaRef(user.area.id, user.area.code, user.area.name) if user.area is not None else None
         self.session_version = user.session_version
         self.active = user.active
-
-    def get_id(self) -> str:
-        return f"{self.id}:{self.session_version}"
-
-    @property
-    def is_active(self) -> bool:
-        return self.active
-
-    def has_role(self, role: str) -> bool:
-        return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
 
 _signed_in: dict[int, tuple[float, SignedInUser]] = {}

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from .audit import record
 from .codes import normalise, normalise_bill_no, require_kind
 from .errors import Refusal
-from .ledger import add_to_tally, in_transaction, log_scan
+from .ledger import add_to_tally, count_scan, in_transaction
 from .models import Bag, Bill, User, utcnow
 from .scanning import visible_parent
 
@@ -130,18 +130,7 @@ def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None
             refusal.bill_id = bill.id
             raise
         if parent.bill_id == bill.id:
-            log_scan(
-                session,
-                user=user,
-                kind="load",
-                qr=parent.qr,
-                bag_id=parent.id,
-                parent_id=parent.id,
-                bill_id=bill.id,
-                area_id=parent.area_id,
-                reason="duplicate",
-            )
-            add_to_tally(session, parent.area_id, scans_ok=1)
+            count_scan(session, user, "load", parent=parent, bill_id=bill.id, reason="duplicate")
             return BillChange(bill, parent, duplicate=True)
         if bill.status != "open":
             raise Refusal("bill_closed", f"Bill {bill.bill_no} is closed.", qr=parent.qr, parent=parent, bill=bill)
@@ -175,17 +164,7 @@ def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None
         bill.parent_count += 1
         bill.child_count += parent.child_count
         session.flush()
-        log_scan(
-            session,
-            user=user,
-            kind="load",
-            qr=parent.qr,
-            bag_id=parent.id,
-            parent_id=parent.id,
-            bill_id=bill.id,
-            area_id=parent.area_id,
-        )
-        add_to_tally(session, parent.area_id, scans_ok=1, parents_billed=1)
+        count_scan(session, user, "load", parent=parent, bill_id=bill.id, parents_billed=1)
         record(
             session, user, "bill.load_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill)
         )
@@ -216,17 +195,7 @@ def remove_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | No
         bill.parent_count -= 1
         bill.child_count -= parent.child_count
         session.flush()
-        log_scan(
-            session,
-            user=user,
-            kind="unload",
-            qr=parent.qr,
-            bag_id=parent.id,
-            parent_id=parent.id,
-            bill_id=bill.id,
-            area_id=parent.area_id,
-        )
-        add_to_tally(session, parent.area_id, scans_ok=1, parents_billed=-1)
+        count_scan(session, user, "unload", parent=parent, bill_id=bill.id, parents_billed=-1)
         record(
             session, user, "bill.remove_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill)
         )

@@ -111,6 +111,37 @@ def log_scan(
     )
 
 
+def count_scan(
+    session,
+    user: User | None,
+    kind: str,
+    *,
+    parent,
+    bag=None,
+    bill_id: int | None = None,
+    reason: str | None = None,
+    **tally: int,
+) -> None:
+    """Log an accepted scan of ``bag`` (default: ``parent`` itself) and count it in the parent's area.
+
+    ``tally`` adds what else the scan changed (children, parents_complete, ...)
+    to the same area's dashboard figures, in the same transaction.
+    """
+    bag = parent if bag is None else bag
+    log_scan(
+        session,
+        user=user,
+        kind=kind,
+        qr=bag.qr,
+        bag_id=bag.id,
+        parent_id=parent.id,
+        bill_id=bill_id,
+        area_id=parent.area_id,
+        reason=reason,
+    )
+    add_to_tally(session, parent.area_id, scans_ok=1, **tally)
+
+
 def _retryable(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "pgcode", None) in RETRYABLE_PGCODES
 

@@ -60,7 +60,23 @@ class AreaRef(NamedTuple):
     name: str
 
 
-class User(UserMixin, db.Model):
+class Identity(UserMixin):
+    """What logging in and the access rules ask of a user: the row and its snapshot alike."""
+
+    def get_id(self) -> str:
+        # The id carries the session version: a password reset or disable ends old sessions.
+        return f"{self.id}:{self.session_version}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.active
+
+    def has_role(self, role: str) -> bool:
+        """Roles are cumulative: an admin may do all a biller may, and so on."""
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+class User(Identity, db.Model):
     __tablename__ = "app_user"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -89,17 +105,6 @@ class User(UserMixin, db.Model):
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
-
-    def get_id(self) -> str:
-        return f"{self.id}:{self.session_version}"
-
-    @property
-    def is_active(self) -> bool:
-        return self.active
-
-    def has_role(self, role: str) -> bool:
-        """Roles are cumulative: an admin may do all a biller may, and so on."""
-        return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
     def is_locked(self, now: datetime | None = None) -> bool:
         return self.locked_until is not None and self.locked_until > (now or utcnow())

@@ -21,7 +21,7 @@ from .access import area_scope, may_see_area
 from .audit import record
 from .codes import normalise, require_kind
 from .errors import Refusal
-from .ledger import add_to_tally, in_transaction, insert_ignoring_duplicates, log_scan
+from .ledger import count_scan, in_transaction, insert_ignoring_duplicates
 from .models import AreaRef, Bag, DispatchArea, User, utcnow
 
 
@@ -136,18 +136,8 @@ def scan_parent(session, user: User, raw_qr: str | None, area_code: str | None =
             )
             created = new_id is not None
         parent = visible_parent(session, user, code.value)
-        log_scan(
-            session,
-            user=user,
-            kind="parent",
-            qr=code.value,
-            bag_id=parent.id,
-            parent_id=parent.id,
-            bill_id=parent.bill_id,
-            area_id=parent.area_id,
-        )
         # One tally row per transaction: two shard locks taken in random order could deadlock.
-        add_to_tally(session, parent.area_id, scans_ok=1, parents=int(created))
+        count_scan(session, user, "parent", parent=parent, bill_id=parent.bill_id, parents=int(created))
         return ParentScan(parent, created)
 
     return in_transaction(session, work, user=user, scan_kind="parent")
@@ -221,18 +211,7 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
         if child.kind != "child":
             raise Refusal("wrong_kind", f"{child.qr} is a parent bag, not a child bag.", qr=child.qr, parent=parent)
         if child.parent_id == parent.id:
-            log_scan(
-                session,
-                user=user,
-                kind="child",
-                qr=child.qr,
-                bag_id=child.id,
-                parent_id=parent.id,
-                bill_id=parent.bill_id,
-                area_id=parent.area_id,
-                reason="duplicate",
-            )
-            add_to_tally(session, parent.area_id, scans_ok=1)
+            count_scan(session, user, "child", parent=parent, bag=child, bill_id=parent.bill_id, reason="duplicate")
             return ChildScan(parent, child, created=False, duplicate=True)
         if child.parent_id is not None:
             # Frozen parents say so first; otherwise name the other parent if the user may see it.
@@ -340,11 +319,8 @@ def _count_child_in(session, user: User, parent: Bag, child: Bag, *, created: bo
 
 
 def _log_child_scan(session, user: User, parent: Bag | OpenParent, child: Bag | NewChild, *, created: bool) -> None:
-    log_scan(
-        session, user=user, kind="child", qr=child.qr, bag_id=child.id, parent_id=parent.id, area_id=parent.area_id
-    )
     completed = parent.status == "complete"
-    add_to_tally(session, parent.area_id, scans_ok=1, children=int(created), parents_complete=int(completed))
+    count_scan(session, user, "child", parent=parent, bag=child, children=int(created), parents_complete=int(completed))
 
 
 def _refuse_unless_parent_takes_children(parent: Bag, child_qr: str, *, check_full: bool = True) -> None:
@@ -408,16 +384,7 @@ def undo_last(session, user: User, raw_parent: str | None) -> Undo:
         parent.child_count -= 1
         parent.status = "open"
         session.flush()
-        log_scan(
-            session,
-            user=user,
-            kind="undo",
-            qr=child.qr,
-            bag_id=child.id,
-            parent_id=parent.id,
-            area_id=parent.area_id,
-        )
-        add_to_tally(session, parent.area_id, scans_ok=1, parents_complete=-int(was_complete))
+        count_scan(session, user, "undo", parent=parent, bag=child, parents_complete=-int(was_complete))
         return Undo(parent, child)
 
     return in_transaction(session, work, user=user, scan_kind="undo")
@@ -444,17 +411,7 @@ def close_parent(session, user: User, raw_qr: str | None) -> CloseShort:
             )
         parent.status = "complete"
         session.flush()
-        log_scan(
-            session,
-            user=user,
-            kind="close",
-            qr=parent.qr,
-            bag_id=parent.id,
-            parent_id=parent.id,
-            bill_id=parent.bill_id,
-            area_id=parent.area_id,
-        )
-        add_to_tally(session, parent.area_id, scans_ok=1, parents_complete=1)
+        count_scan(session, user, "close", parent=parent, bill_id=parent.bill_id, parents_complete=1)
         record(
             session,
             user,
