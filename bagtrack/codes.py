@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -51,7 +52,12 @@ def code_pattern(setting: str) -> re.Pattern[str]:
     The setting may be given as a string or a compiled pattern (tests and
     ``create_app(config)`` pass either).
     """
-    pattern = current_app.config[setting]
+    return _ascii_pattern(current_app.config[setting])
+
+
+@functools.lru_cache(maxsize=32)
+def _ascii_pattern(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
+    # Every scan classifies two codes: compile each configured pattern once.
     source = pattern if isinstance(pattern, str) else pattern.pattern
     flags = 0 if isinstance(pattern, str) else pattern.flags & ~re.UNICODE
     return re.compile(source, flags | re.ASCII)
