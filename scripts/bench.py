@@ -80,6 +80,9 @@ GENEROUS_LIMITS = {
 FULL = {"floor": 60, "mixed": 45, "scan": 20, "stats": 20, "baseline": 20}
 QUICK = {"floor": 15, "mixed": 15, "scan": 10, "stats": 10, "baseline": 8}
 SETTLE_S = 3
+# Before the first measured phase the users run unmeasured for this long, so
+# PostgreSQL's buffers and the workers' statement caches hold what the phases read.
+WARMUP_S = 15
 BASELINE_MODES = ("noop", "redis", "write")
 SATURATION_PHASES = ("mixed", "scan", "stats")
 
@@ -635,6 +638,8 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
         )
         environment.events.request.add_listener(recorder.on_request)
         start_users(environment, args.users, expect_logins=True)
+        log(f"warming up for {WARMUP_S} s (not measured)")
+        gevent.sleep(WARMUP_S)
         for phase in wanted:
             if locustfile.SHARED.mode != phase:
                 switch_mode(phase)
