@@ -62,10 +62,9 @@ def expect(locator):
 
 def log_in(page, base_url: str, username: str) -> None:
     page.goto(f"{base_url}/login")
-    page.keyboard.type(username)  # the username field has focus
-    page.keyboard.press("Tab")
-    page.keyboard.type(PASSWORD)
-    page.keyboard.press("Enter")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.press("input[name=password]", "Enter")
     page.wait_for_url(f"{base_url}/")
 
 
