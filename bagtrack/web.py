@@ -80,6 +80,22 @@ def refusal_answer(refusal: Refusal, render_page):
     return render_page(refusal), refusal.status
 
 
+def page_after_refusal(find, render_page):
+    """A ``render_page`` for :func:`refusal_answer`: the page of what the refusal was about.
+
+    ``find()`` looks the object up again; when it cannot be shown (unknown,
+    or out of the user's area) the error page answers instead.
+    """
+
+    def render(refusal: Refusal) -> str:
+        found = find()
+        if found is None:
+            return render_template("error.html", status=refusal.status, code=refusal.code, message=refusal.message)
+        return render_page(found, refusal)
+
+    return render
+
+
 def error_page(code: str, message: str, status: int, headers: dict | None = None):
     if wants_json():
         return json_error(code, message, status, headers)

@@ -12,7 +12,7 @@ from ..errors import Refusal
 from ..extensions import db
 from ..models import Bag, Bill
 from ..shapes import parent_json
-from ..web import before_arg, json_ok, refusal_answer, wants_json
+from ..web import before_arg, json_ok, page_after_refusal, refusal_answer, wants_json
 
 bp = Blueprint("bags", __name__)
 
@@ -87,25 +87,13 @@ def detail(qr: str):
     return render_bag(bag)
 
 
-def render_bag_or_error(qr: str):
-    """The bag page after a refusal, or the error page when the bag cannot be shown."""
-
-    def render(refusal: Refusal) -> str:
-        bag = find_visible_bag(qr)
-        if bag is None:
-            return render_template("error.html", status=refusal.status, code=refusal.code, message=refusal.message)
-        return render_bag(bag, refusal)
-
-    return render
-
-
 @bp.post("/bags/<qr>/close")
 @role_required("biller")
 def close(qr: str):
     try:
         result = scanning.close_parent(db.session, current_user, qr)
     except Refusal as refusal:
-        return refusal_answer(refusal, render_bag_or_error(qr))
+        return refusal_answer(refusal, page_after_refusal(lambda: find_visible_bag(qr), render_bag))
     parent = result.parent
     if wants_json():
         return json_ok(duplicate=result.duplicate, parent=parent_json(parent))

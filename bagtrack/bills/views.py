@@ -13,7 +13,7 @@ from ..errors import Refusal
 from ..extensions import db
 from ..models import Bill
 from ..shapes import bill_json, parent_json
-from ..web import before_arg, json_ok, refusal_answer, wants_json
+from ..web import before_arg, json_ok, page_after_refusal, refusal_answer, wants_json
 
 bp = Blueprint("bills", __name__)
 
@@ -50,14 +50,9 @@ def render_bill(bill: Bill, refusal: Refusal | None = None) -> str:
 
 def render_bill_or_error(bill_no: str):
     """The bill page after a refusal, or the error page when the bill itself does not exist."""
-
-    def render(refusal: Refusal) -> str:
-        bill = db.session.scalar(select(Bill).where(Bill.bill_no == normalise(bill_no)))
-        if bill is None:
-            return render_template("error.html", status=refusal.status, code=refusal.code, message=refusal.message)
-        return render_bill(bill, refusal)
-
-    return render
+    return page_after_refusal(
+        lambda: db.session.scalar(select(Bill).where(Bill.bill_no == normalise(bill_no))), render_bill
+    )
 
 
 @bp.get("/bills")
