@@ -1,7 +1,8 @@
 """Filling parent bags with child bags on the floor.
 
 Every function here is one transaction. A parent is locked (``FOR NO KEY
-UPDATE``) before anything about it is decided, so concurrent scanners on one
+UPDATE``, or by the ``UPDATE`` that counts a child in it) before anything
+about it is decided, so concurrent scanners on one
 parent queue on that row and the capacity can never be exceeded. Locks are
 always taken in the order bill → parent → child, so these transactions
 cannot deadlock one another.
@@ -83,7 +84,10 @@ def find_bag(session, qr: str, *, lock: bool = False) -> Bag | None:
 
 def visible_parent(session, user: User, qr: str, *, lock: bool = False) -> Bag:
     """The parent ``qr``, or ``parent_not_found`` if it is unknown or out of the user's area."""
-    parent = find_bag(session, qr, lock=lock)
+    return _refuse_unless_visible(user, find_bag(session, qr, lock=lock), qr)
+
+
+def _refuse_unless_visible(user: User, parent: Bag | None, qr: str) -> Bag:
     if parent is None or not may_see_area(user, parent.area_id):
         raise Refusal("parent_not_found", f"Parent bag {qr} was not found.", qr=qr)
     if parent.kind != "parent":
@@ -135,7 +139,9 @@ def scan_parent(session, user: User, raw_qr: str | None, area_code: str | None =
                 "qr",
             )
             created = new_id is not None
-        parent = visible_parent(session, user, code.value)
+            # Ours, or created a moment ago by another scanner.
+            parent = find_bag(session, code.value)
+        parent = _refuse_unless_visible(user, parent, code.value)
         # One tally row per transaction: two shard locks taken in random order could deadlock.
         count_scan(session, user, "parent", parent=parent, bill_id=parent.bill_id, parents=int(created))
         return ParentScan(parent, created)

@@ -175,9 +175,9 @@ DUPLICATE_CHILD = 8
 # other parent's name as well.
 PARENT_FULL = 6
 CHILD_IN_OTHER_PARENT = 9
-# A parent scan: the user, the parent looked up (twice: once to decide whether to create it), log,
-# tally, and its children for the answer.
-PARENT_SCAN = 6
+# A parent scan: the user, the parent looked up, log, tally, and its children for the answer; a new
+# parent adds its INSERT and the read of the row it made.
+PARENT_SCAN = 5
 NEW_PARENT = 7
 # Undo: the user, parent and child read locked, the two rows changed, log and tally.
 UNDO = 7
