@@ -74,6 +74,23 @@ def _capacity(raw) -> int:
     return capacity
 
 
+def bill_details(fields: dict) -> dict:
+    """The fields of a new bill, checked and normalised, for the form and the import alike.
+
+    ``bill_no`` is normalised like a QR and must be 1–50 of ``A-Z 0-9 -``
+    (``invalid_bill_no``); ``capacity`` is a number of parent bags from 1 to
+    500; destination, vehicle number and description are printable text of a
+    bounded length. Anything else is ``invalid_input``.
+    """
+    return {
+        "bill_no": normalise_bill_no(fields.get("bill_no")),
+        "capacity": _capacity(fields.get("capacity")),
+        "destination": _text_field(fields, "destination", 200, "Destination"),
+        "vehicle_no": _text_field(fields, "vehicle_no", 50, "Vehicle number", upper=True),
+        "description": _text_field(fields, "description", 2000, "Description"),
+    }
+
+
 def create_bill(session, user: User, fields: dict) -> Bill:
     """Open a new bill.
 
@@ -84,18 +101,10 @@ def create_bill(session, user: User, fields: dict) -> Bill:
     """
 
     def work() -> Bill:
-        bill_no = normalise_bill_no(fields.get("bill_no"))
-        capacity = _capacity(fields.get("capacity"))
+        details = bill_details(fields)
+        bill_no = details["bill_no"]
         bill = Bill(
-            bill_no=bill_no,
-            status="open",
-            capacity=capacity,
-            destination=_text_field(fields, "destination", 200, "Destination"),
-            vehicle_no=_text_field(fields, "vehicle_no", 50, "Vehicle number", upper=True),
-            description=_text_field(fields, "description", 2000, "Description"),
-            parent_count=0,
-            child_count=0,
-            created_by_id=user.id if user is not None else None,
+            status="open", parent_count=0, child_count=0, created_by_id=user.id if user is not None else None, **details
         )
         if session.scalar(select(Bill.id).where(Bill.bill_no == bill_no)) is not None:
             raise Refusal("bill_exists", f"Bill {bill_no} already exists.")

@@ -7,6 +7,8 @@ STATUS_BY_CODE = {
     "invalid_qr": 400,
     "invalid_bill_no": 400,
     "csrf_failed": 400,
+    "login_required": 401,
+    "session_expired": 401,
     "forbidden": 403,
     "not_found": 404,
     "parent_not_found": 404,

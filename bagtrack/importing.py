@@ -46,7 +46,7 @@ from sqlalchemy import DateTime, bindparam, select, text
 
 from . import billing, cache
 from .audit import record
-from .codes import classify, normalise, normalise_bill_no, require_kind
+from .codes import classify, normalise, require_kind
 from .errors import Refusal
 from .ledger import add_to_tally
 from .models import DispatchArea, User, utcnow
@@ -597,12 +597,9 @@ class BillLayout:
 
     @staticmethod
     def _bill(cells: dict) -> tuple:
-        bill_no = normalise_bill_no(cells["bill_no"])
         # The same field rules as the bill form.
-        capacity = billing._capacity(cells["capacity"])
-        destination = billing._text_field(cells, "destination", 200, "Destination")
-        vehicle_no = billing._text_field(cells, "vehicle_no", 50, "Vehicle number").upper()
-        description = billing._text_field(cells, "description", 2000, "Description")
+        details = billing.bill_details(cells)
+        bill_no = details["bill_no"]
         status = normalise(cells["status"]).lower() or "open"
         if status not in ("open", "closed"):
             raise Refusal("invalid_input", f"Status must be open or closed, not {_shown(cells['status'])}.")
@@ -613,7 +610,17 @@ class BillLayout:
                 parents[require_kind(raw, "parent").value] = None
         if status == "closed" and not parents:
             raise Refusal("bill_empty", f"Bill {bill_no} is closed but lists no parent bags.")
-        return bill_no, capacity, destination, vehicle_no, description, status, None, None, tuple(parents)
+        return (
+            bill_no,
+            details["capacity"],
+            details["destination"],
+            details["vehicle_no"],
+            details["description"],
+            status,
+            None,
+            None,
+            tuple(parents),
+        )
 
     def stage(self, connection, rows: list[tuple]) -> None:
         # Bills carry free text (line breaks, tabs): bound parameters, not COPY text. Files of bills are small.

@@ -21,7 +21,6 @@ HTTP_CODES = {
     413: ("too_large", "The request is too large."),
     429: ("rate_limited", "Too many requests; slow down and try again shortly."),
 }
-STATUS_BY_CODE.setdefault("login_required", 401)
 # Seconds a client should wait after a 503 (the pool and connect timeouts are a few seconds).
 RETRY_AFTER_S = 5
 

@@ -10,6 +10,7 @@ with ``BAGTRACK_REQUIRE_BACKENDS=1`` (CI) a missing backend fails the run.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
@@ -180,20 +181,30 @@ def runner(app):
     return app.test_cli_runner()
 
 
+def new_client(app, address: str | None = None) -> BagtrackClient:
+    """A client of ``app`` holding a CSRF token, coming from ``address`` when given."""
+    app.test_client_class = BagtrackClient
+    client = app.test_client()
+    if address is not None:
+        client.environ_base["REMOTE_ADDR"] = address
+    client.fetch_csrf_token()
+    return client
+
+
+def log_in(app, user: User | str, address: str | None = None) -> BagtrackClient:
+    """A client of ``app`` logged in as ``user`` (or a username) through the real login form."""
+    client = new_client(app, address)
+    username = user if isinstance(user, str) else user.username
+    response = client.post("/login", data={"username": username, "password": PASSWORD})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    client.fetch_csrf_token()
+    return client
+
+
 @pytest.fixture
 def login_as(app):
     """A new logged-in client for ``user`` (through the real login form)."""
-
-    def login(user: User) -> BagtrackClient:
-        app.test_client_class = BagtrackClient
-        user_client = app.test_client()
-        user_client.fetch_csrf_token()
-        response = user_client.post("/login", data={"username": user.username, "password": PASSWORD})
-        assert response.status_code == 303, response.get_data(as_text=True)
-        user_client.fetch_csrf_token()
-        return user_client
-
-    return login
+    return functools.partial(log_in, app)
 
 
 @pytest.fixture

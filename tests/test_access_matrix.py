@@ -12,8 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+import conftest
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient
+from conftest import JSON, PASSWORD, BagtrackClient, log_in
 from sqlalchemy import select
 
 from bagtrack import accounts, billing
@@ -136,19 +137,11 @@ def test_every_route_has_a_row(app):
 
 
 def new_client(app, address: str = FLOOR_ADDRESS) -> BagtrackClient:
-    app.test_client_class = BagtrackClient
-    client = app.test_client()
-    client.environ_base["REMOTE_ADDR"] = address
-    client.fetch_csrf_token()
-    return client
+    return conftest.new_client(app, address)
 
 
 def logged_in(app, username: str, address: str = FLOOR_ADDRESS) -> BagtrackClient:
-    client = new_client(app, address)
-    response = client.post("/login", data={"username": username, "password": PASSWORD})
-    assert response.status_code == 303, response.get_data(as_text=True)
-    client.fetch_csrf_token()
-    return client
+    return log_in(app, username, address)
 
 
 @pytest.fixture

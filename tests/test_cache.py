@@ -9,7 +9,7 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient
+from conftest import JSON, log_in
 from prometheus_client import REGISTRY
 from sqlalchemy import event
 
@@ -38,15 +38,6 @@ def tally_queries(app):
         event.remove(engine, "before_cursor_execute", before)
 
 
-def logged_in(app, user) -> BagtrackClient:
-    app.test_client_class = BagtrackClient
-    client = app.test_client()
-    client.fetch_csrf_token()
-    assert client.post("/login", data={"username": user.username, "password": PASSWORD}).status_code == 303
-    client.fetch_csrf_token()
-    return client
-
-
 def client_area(app, username: str) -> int:
     from bagtrack.models import User
 
@@ -63,7 +54,7 @@ def fresh_prefix():
 def test_second_request_is_served_from_the_cache(make_app, make_user, make_parent, fresh_prefix):
     app = make_app(CACHE_KEY_PREFIX=fresh_prefix)
     make_parent(children=3)
-    client = logged_in(app, make_user())
+    client = log_in(app, make_user())
     with tally_queries(app) as queries:
         first = client.get("/api/stats")
         assert len(queries) == 1
@@ -80,7 +71,7 @@ def test_second_request_is_served_from_the_cache(make_app, make_user, make_paren
 
 def test_hits_and_misses_are_counted(make_app, make_user, fresh_prefix):
     app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
-    client = logged_in(app, make_user())
+    client = log_in(app, make_user())
 
     def counted(result: str) -> float:
         return REGISTRY.get_sample_value("bagtrack_cache_lookups_total", {"result": result}) or 0
@@ -95,7 +86,7 @@ def test_hits_and_misses_are_counted(make_app, make_user, fresh_prefix):
 def test_a_child_scan_changes_the_figures_at_once(make_app, make_user, make_parent, fresh_prefix):
     app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
     parent = make_parent(children=2)
-    client = logged_in(app, make_user())
+    client = log_in(app, make_user())
     before = client.get("/api/stats").get_json()
     assert before["bags"]["children"] == 2
     scan = client.post("/scan/child", data={"parent": parent.qr, "qr": "CHILD0001"}, headers=JSON)
@@ -109,8 +100,8 @@ def test_a_scan_in_one_area_leaves_the_other_areas_cached(make_app, make_user, m
     app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
     north_parent = make_parent(area="NORTH", children=1)
     make_parent(area="SOUTH", children=4)
-    north = logged_in(app, make_user("north", area="NORTH"))
-    south = logged_in(app, make_user("south", area="SOUTH"))
+    north = log_in(app, make_user("north", area="NORTH"))
+    south = log_in(app, make_user("south", area="SOUTH"))
     assert south.get("/api/stats").get_json()["bags"]["children"] == 4
     assert north.get("/api/stats").get_json()["bags"]["children"] == 1
     north.post("/scan/child", data={"parent": north_parent.qr, "qr": "CHILD0002"}, headers=JSON)
@@ -123,8 +114,8 @@ def test_a_scan_in_one_area_leaves_the_other_areas_cached(make_app, make_user, m
 
 def test_a_new_bill_shows_in_every_area(make_app, make_user, fresh_prefix):
     app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
-    dispatcher = logged_in(app, make_user())
-    office = logged_in(app, make_user("office", role="biller", area=None))
+    dispatcher = log_in(app, make_user())
+    office = log_in(app, make_user("office", role="biller", area=None))
     assert dispatcher.get("/api/stats").get_json()["bills"] == {"open": 0, "closed": 0}
     assert office.get("/api/stats").get_json()["bills"] == {"open": 0, "closed": 0}
     created = office.post("/bills", data={"bill_no": "B-100", "capacity": "5"}, headers=JSON)
@@ -135,7 +126,7 @@ def test_a_new_bill_shows_in_every_area(make_app, make_user, fresh_prefix):
 
 def test_figures_expire_after_the_ttl(make_app, make_user, fresh_prefix):
     app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=0.2, BAGTRACK_STATS_LOCAL_S=0)
-    client = logged_in(app, make_user())
+    client = log_in(app, make_user())
     with tally_queries(app) as queries:
         client.get("/api/stats")
         client.get("/api/stats")
@@ -148,7 +139,7 @@ def test_figures_expire_after_the_ttl(make_app, make_user, fresh_prefix):
 @pytest.mark.redis
 def test_each_worker_reuses_the_figures_it_read_for_a_moment(make_app, make_user, make_parent, fresh_prefix):
     app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_LOCAL_S=30)
-    client = logged_in(app, make_user())
+    client = log_in(app, make_user())
     client.get("/api/stats")
     with app.app_context():
         # Another worker's write: it changes the tokens in Redis, not this worker's memory.
@@ -225,7 +216,7 @@ def test_entries_live_under_a_versioned_prefix_in_redis(make_app, make_user, fre
     import redis
 
     app = make_app(CACHE_KEY_PREFIX=fresh_prefix)
-    logged_in(app, make_user()).get("/api/stats")
+    log_in(app, make_user()).get("/api/stats")
     keys = redis.Redis.from_url(app.config["REDIS_URL"]).keys(f"{fresh_prefix}*")
     assert f"{fresh_prefix}v{figures.CACHE_SCHEMA}:figures:entry:{client_area(app, 'worker')}".encode() in keys
 
@@ -238,7 +229,7 @@ def test_a_redis_outage_means_direct_queries_not_errors(make_app, make_user, mak
         RATELIMIT_STORAGE_URI=UNREACHABLE_REDIS,
     )
     parent = make_parent(children=1)
-    client = logged_in(app, make_user())
+    client = log_in(app, make_user())
     started = time.perf_counter()
     first = client.get("/api/stats")
     assert first.status_code == 200 and first.get_json()["bags"]["children"] == 1

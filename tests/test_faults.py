@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from conftest import CSRF_META, JSON, PASSWORD, BagtrackClient
+from conftest import CSRF_META, JSON, PASSWORD, BagtrackClient, log_in
 from redis import Redis
 from servers import Gunicorn, RedisServer, free_port, redis_server, scratch_database
 from sqlalchemy import create_engine, event, func, select, text
@@ -35,15 +35,6 @@ Parent = aliased(Bag)
 FAST_S = 1.5
 
 needs_redis_server = pytest.mark.skipif(not RedisServer.available(), reason="needs the redis-server program")
-
-
-def logged_in(app, user) -> BagtrackClient:
-    app.test_client_class = BagtrackClient
-    client = app.test_client()
-    client.fetch_csrf_token()
-    assert client.post("/login", data={"username": user.username, "password": PASSWORD}).status_code == 303
-    client.fetch_csrf_token()
-    return client
 
 
 def timed(call, *args, **kwargs):
@@ -83,7 +74,7 @@ def test_redis_killed_mid_run_leaves_the_site_working(
             make_app, redis.url, RATELIMIT_ENABLED=True, BAGTRACK_LIMIT_SCAN="8/minute", BAGTRACK_REDIS_RETRY_S=0.5
         )
         user = make_user()
-        scanner = logged_in(app, user)
+        scanner = log_in(app, user)
 
         def scan(number: int):
             return timed(
@@ -108,7 +99,7 @@ def test_redis_killed_mid_run_leaves_the_site_working(
         ready = timed(scanner.get, "/ready")
         assert ready.status_code == 200
         assert ready.get_json()["status"] == "degraded" and ready.get_json()["redis"]["ok"] is False
-        assert logged_in(app, make_user("second")).get("/api/stats").status_code == 200
+        assert log_in(app, make_user("second")).get("/api/stats").status_code == 200
 
         redis.start()
         time.sleep(0.6)
@@ -244,7 +235,7 @@ def accepted_scans(child_qr: str) -> int:
 def test_a_warm_pool_recovers_from_terminated_connections(make_app, make_user, make_parent, database_url):
     app = make_app(**pool_config(database_url, pool_size=4, max_overflow=0))
     parent = make_parent()
-    scanner = logged_in(app, make_user())
+    scanner = log_in(app, make_user())
     for number in range(3):
         assert (
             scanner.post("/scan/child", data={"parent": parent.qr, "qr": f"WARM{number:04d}"}, headers=JSON).status_code
@@ -257,7 +248,7 @@ def test_a_warm_pool_recovers_from_terminated_connections(make_app, make_user, m
         response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": f"WARM{number:04d}"}, headers=JSON)
         assert response.status_code == 201, response.get_data(as_text=True)
         assert scanner.get("/api/stats").status_code == 200
-    assert logged_in(app, make_user("second")).get(f"/api/bags/{parent.qr}").get_json()["child_count"] == 8
+    assert log_in(app, make_user("second")).get(f"/api/bags/{parent.qr}").get_json()["child_count"] == 8
     assert stored_parent(parent.qr)[:2] == (8, 8)
     assert find_violations(db.session) == []
 
@@ -276,7 +267,7 @@ def test_a_connection_killed_mid_scan_answers_503_and_writes_nothing(
 ):
     app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
     parent = make_parent(children=2)
-    scanner = logged_in(app, make_user())
+    scanner = log_in(app, make_user())
     moment, matches = KILL_POINTS[where]
     with connection_killed_when(app, database_url, moment, matches) as killed:
         response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "HALFWAY01"}, headers=JSON)
@@ -298,7 +289,7 @@ def test_a_connection_killed_mid_scan_answers_503_and_writes_nothing(
 def test_a_commit_whose_answer_was_lost_is_found_by_the_retry(make_app, make_user, make_parent, database_url):
     app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
     parent = make_parent(children=2)
-    scanner = logged_in(app, make_user())
+    scanner = log_in(app, make_user())
     with connection_killed_when(app, database_url, "commit_reply_lost") as killed:
         response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "UNKNOWN01"}, headers=JSON)
     assert killed == ["after COMMIT"]
@@ -327,7 +318,7 @@ def test_a_connection_dying_before_the_request_ends_does_not_fail_it(make_app, m
             with side_connection(database_url) as side:
                 terminate_backends(side, database_name(database_url), killed)
 
-    reader = logged_in(app, make_user())
+    reader = log_in(app, make_user())
     armed.append(True)
     response = reader.get(f"/api/bags/{parent.qr}")
     assert killed, "the fault was not injected"
@@ -345,7 +336,7 @@ def test_a_refusal_is_answered_even_when_logging_it_fails(make_app, make_user, m
     parent = make_parent(children=1)
     other = make_parent(children=1)
     [packed] = stored_parent(other.qr)[2]
-    scanner = logged_in(app, make_user())
+    scanner = log_in(app, make_user())
     headers = JSON if accept == "json" else {}
     with connection_killed_when(app, database_url, "statement", lambda s: "INSERT INTO scan" in s) as killed:
         response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": packed}, headers=headers)
@@ -372,7 +363,7 @@ def test_a_logged_in_scanner_gets_503_when_the_database_is_unreachable(
     user = make_user()
     with redis_server(tmp_path) as redis:
         working = redis_app(make_app, redis.url, RATELIMIT_ENABLED=True)
-        scanner = logged_in(working, user)
+        scanner = log_in(working, user)
         unreachable = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/bagtrack"
         app = redis_app(make_app, redis.url, RATELIMIT_ENABLED=True, **pool_config(unreachable))
         app.test_client_class = BagtrackClient
@@ -431,7 +422,7 @@ def test_every_acknowledged_scan_is_stored_through_faults(make_app, make_user, m
         app = redis_app(make_app, redis.url, **pool_config(database_url, pool_size=4, max_overflow=2))
         plans = []
         for number in range(SCANNERS):
-            scanner = logged_in(app, make_user(f"scanner{number}"))
+            scanner = log_in(app, make_user(f"scanner{number}"))
             parents = [make_parent().qr for _ in range(PARENTS_EACH)]
             children = [(qr, f"ACK{number}{qr[-3:]}{child:03d}") for qr in parents for child in range(CHILDREN_EACH)]
             plans.append((scanner, children))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import io
 import uuid
 
+import conftest
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient
+from conftest import JSON, PASSWORD, BagtrackClient, log_in
 from flask import request
 from prometheus_client import REGISTRY
 
@@ -36,18 +37,11 @@ def limited_app(make_app):
 
 
 def new_client(app, address: str = "10.0.0.1") -> BagtrackClient:
-    app.test_client_class = BagtrackClient
-    client = app.test_client()
-    client.environ_base["REMOTE_ADDR"] = address
-    client.fetch_csrf_token()
-    return client
+    return conftest.new_client(app, address)
 
 
 def logged_in(app, user, address: str = "10.0.0.1") -> BagtrackClient:
-    client = new_client(app, address)
-    assert client.post("/login", data={"username": user.username, "password": PASSWORD}).status_code == 303
-    client.fetch_csrf_token()
-    return client
+    return log_in(app, user, address)
 
 
 def attempt(client, username: str, password: str = "wrong-password", headers=None):

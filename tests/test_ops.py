@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient
+from conftest import JSON, PASSWORD, BagtrackClient, log_in
 from sqlalchemy import event, text
 
 from bagtrack import observability
@@ -19,15 +19,6 @@ UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 def database_config(url: str, **pool) -> dict:
     """App config for the database at ``url``, with the production engine options plus ``pool``."""
     return {"SQLALCHEMY_DATABASE_URI": url, "SQLALCHEMY_ENGINE_OPTIONS": {**engine_options({}, url), **pool}}
-
-
-def logged_in_client(app, user) -> BagtrackClient:
-    app.test_client_class = BagtrackClient
-    client = app.test_client()
-    client.fetch_csrf_token()
-    response = client.post("/login", data={"username": user.username, "password": PASSWORD})
-    assert response.status_code == 303
-    return client
 
 
 def test_health_answers_even_without_a_database(make_app):
@@ -106,7 +97,7 @@ def test_unreachable_database_answers_503_json_and_page(make_app, caplog):
 def test_exhausted_pool_answers_503_within_the_pool_timeout(make_app, make_user, database_url):
     app = make_app(**database_config(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2))
     user = make_user("pooled", role="admin", area=None)
-    client = logged_in_client(app, user)
+    client = log_in(app, user)
     with app.app_context():
         held = db.engine.connect()
         try:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import fetch, free_port
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,21 +45,6 @@ def test_psycogreen_lets_two_queries_wait_together(database_url, migrated):
     assert two_slow_queries(dsn, "cooperative") < 0.9
     # Without it, one query blocks the whole process and the two run one after the other.
     assert two_slow_queries(dsn, "blocking") >= 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def fetch(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
 
 
 @pytest.mark.slow
