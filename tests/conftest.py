@@ -5,7 +5,10 @@ Tests run on PostgreSQL when ``DATABASE_URL`` is set (in a database of their
 own, ``<name>_pytest``, created fresh for the run) and on a SQLite file
 otherwise. Every test starts from empty tables. Tests marked ``postgres`` or
 ``redis`` are skipped, with the reason, when that backend is not configured;
-with ``BAGTRACK_REQUIRE_BACKENDS=1`` (CI) a missing backend fails the run.
+with ``BAGTRACK_REQUIRE_BACKENDS=1`` a missing backend fails the run. With
+``CI=true`` (set by ``.ci/run`` and by hosted CI services) every skip is a
+failure, whatever caused it: a test left out with ``-m`` or ``-k`` is
+deselected, not skipped, and an expected failure (``xfail``) is not a skip.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ REDIS_URL = os.environ.get("REDIS_URL")
 # DATABASE_URL set (production mode) they need a secret key.
 os.environ.setdefault("SECRET_KEY", "test-secret")
 REQUIRE_BACKENDS = os.environ.get("BAGTRACK_REQUIRE_BACKENDS") == "1"
+NO_SKIPS = os.environ.get("CI") == "true"
 
 
 def pytest_configure(config):
@@ -57,6 +61,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL"))
         if "redis" in item.keywords and not REDIS_URL:
             item.add_marker(pytest.mark.skip(reason="needs Redis: set REDIS_URL"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    _fail_if_skipped((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    _fail_if_skipped((yield).get_result())
+
+
+def _fail_if_skipped(report) -> None:
+    """In CI a skipped test is a promise nobody checked: report it as a failure, with the reason."""
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"with CI=true a skip fails the run: {reason.removeprefix('Skipped: ')}"
 
 
 def _test_database_url(tmp_path_factory) -> str:
