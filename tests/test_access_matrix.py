@@ -2,13 +2,15 @@
 around it (another area's bags, open redirects at login, old session cookies, guessing).
 
 The matrix is built from ``app.url_map``: a route added without a row here fails
-``test_every_route_has_a_row``.
+``test_every_route_has_a_row``. Every write a row expects to be refused is also checked
+to have changed nothing (``assert_changed_nothing``).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -17,9 +19,9 @@ import pytest
 from conftest import JSON, PASSWORD, BagtrackClient, log_in
 from sqlalchemy import select
 
-from bagtrack import accounts, billing
+from bagtrack import accounts, billing, scanning
 from bagtrack.extensions import db, limiter
-from bagtrack.models import Bag, DispatchArea, Scan
+from bagtrack.models import TALLY_FIELDS, Bag, DispatchArea, Scan
 
 # Not on the metrics allow-list: /metrics must refuse every session from here.
 FLOOR_ADDRESS = "192.0.2.10"
@@ -32,8 +34,9 @@ NOBODY = ("anonymous", "disabled", "locked")
 class Row:
     """One route: how to call it, and the status each actor gets.
 
-    ``path`` and ``form`` may name ``{parent}``, ``{loaded}`` (a parent on
-    ``{bill}``) and ``{bill}``: area A's for most actors, area B's for a
+    ``path`` and ``form`` may name ``{parent}``, ``{child}`` (packed in
+    ``{parent}``), ``{loose}`` (a child in no parent), ``{loaded}`` (a parent
+    on ``{bill}``) and ``{bill}``: area A's for most actors, area B's for a
     dispatcher of A trying another area's objects.
     """
 
@@ -146,7 +149,7 @@ def logged_in(app, username: str, address: str = FLOOR_ADDRESS) -> BagtrackClien
 
 @pytest.fixture
 def floor(app, make_user, make_parent, make_bill):
-    """Two dispatch areas with a dispatcher each, filled parents, a bill in use, and the office.
+    """Two dispatch areas with a dispatcher each, filled parents, a loose child, a bill in use, and the office.
 
     Returns the objects of area A and of area B by placeholder name.
     """
@@ -160,9 +163,20 @@ def floor(app, make_user, make_parent, make_bill):
     objects = {}
     for name, user, numbers in (("a", dispatcher_a, (10001, 10002)), ("b", dispatcher_b, (20001, 20002, 20003))):
         parents = [make_parent(f"SB{number}", user=user, children=2 if name == "a" else 1) for number in numbers]
+        # Scanned in, then undone: a loose child that stays in its area.
+        loose = f"LOOSE{name.upper()}01"
+        scanning.scan_child(db.session, user, parents[0].qr, loose)
+        scanning.undo_last(db.session, user, parents[0].qr)
         bill = make_bill(f"B-{name.upper()}", capacity=5)
         billing.load_parent(db.session, user, bill.bill_no, parents[1].qr)
-        objects[name] = {"parent": parents[0].qr, "loaded": parents[1].qr, "bill": bill.bill_no}
+        child = db.session.scalars(select(Bag.qr).where(Bag.parent_id == parents[0].id).order_by(Bag.qr)).first()
+        objects[name] = {
+            "parent": parents[0].qr,
+            "child": child,
+            "loose": loose,
+            "loaded": parents[1].qr,
+            "bill": bill.bill_no,
+        }
     db.session.commit()
     return objects
 
@@ -208,7 +222,7 @@ def call(client, row: Row, objects: dict):
     form = {name: value.format(**objects) for name, value in row.form.items()}
     # The test shares the app's database session; on SQLite its open read transaction would block the server.
     db.session.commit()
-    return client.open(path, method=row.method, data=form if row.method == "POST" else None)
+    return client.open(path, method=row.method, data=form if row.method != "GET" else None)
 
 
 def objects_for(floor: dict, actor: str) -> dict:
@@ -216,7 +230,52 @@ def objects_for(floor: dict, actor: str) -> dict:
 
 
 READS = [row for row in MATRIX if row.method == "GET"]
-WRITES = [row for row in MATRIX if row.method == "POST"]
+WRITES = [row for row in MATRIX if row.method != "GET"]
+
+
+def refused(status: int) -> bool:
+    """Sent to log in, or answered with an error: the request must have changed nothing."""
+    return status == 302 or status >= 400
+
+
+def stored_rows() -> dict[str, dict[tuple, dict]]:
+    """Every row of every table, read fresh: ``{table: {primary key: row}}``."""
+    db.session.commit()
+    rows = {}
+    for table in db.metadata.sorted_tables:
+        key = [column.name for column in table.primary_key.columns]
+        rows[table.name] = {
+            tuple(row[name] for name in key): dict(row) for row in db.session.execute(table.select()).mappings()
+        }
+    return rows
+
+
+def tally_by_area(rows: dict[tuple, dict]) -> dict[int, Counter]:
+    """The dashboard tally summed over its shards and days, per area."""
+    totals: dict[int, Counter] = {}
+    for row in rows.values():
+        totals.setdefault(row["area_id"], Counter()).update({name: row[name] for name in TALLY_FIELDS})
+    return totals
+
+
+def assert_changed_nothing(before: dict, after: dict) -> None:
+    """No row of any table changed, appeared or went, but for the scan log's record of a refusal.
+
+    A refused scan is logged: at most one new scan-log row, ``rejected``, and the
+    tally's ``scans_rejected`` one higher in that row's area (0 when it has none).
+    Every other tally figure and every earlier scan-log row stay as they were.
+    """
+    scans_before, scans_after = before["scan"], after["scan"]
+    assert {key: scans_after.get(key) for key in scans_before} == scans_before, "scan-log rows changed"
+    added = [scans_after[key] for key in scans_after.keys() - scans_before.keys()]
+    assert len(added) <= 1 and all(row["outcome"] == "rejected" for row in added), added
+    expected_tally = tally_by_area(before["tally"])
+    for row in added:
+        expected_tally.setdefault(row["area_id"] or 0, Counter())["scans_rejected"] += 1
+    assert tally_by_area(after["tally"]) == expected_tally
+    for table in before.keys() - {"scan", "tally"}:
+        assert after[table] == before[table], f"{table} changed"
+    assert after.keys() == before.keys()
 
 
 @pytest.mark.parametrize("actor", ACTORS)
@@ -230,18 +289,25 @@ def test_reads(app, floor, actor):
 @pytest.mark.parametrize("actor", ACTORS)
 @pytest.mark.parametrize("row", WRITES, ids=[row.rule for row in WRITES])
 def test_writes(app, floor, row, actor):
-    """Every POST route for one actor, each on a fresh floor (a write may change what the next one meets)."""
+    """Every write route for one actor, each on a fresh floor (a write may change what the next one meets).
+
+    A refused write leaves every table as it was.
+    """
     client = actor_client(app, actor)
+    before = stored_rows() if refused(row.expected(actor)) else None
     assert_answer(row, actor, call(client, row, objects_for(floor, actor)))
+    if before is not None:
+        assert_changed_nothing(before, stored_rows())
+
+
+ANY_OBJECTS = {"parent": "SB10001", "child": "CHILD0001", "loose": "LOOSEA01", "loaded": "SB10002", "bill": "B-A"}
 
 
 @pytest.mark.parametrize(
     "row", [row for row in MATRIX if row.nobody in (302, 401) and row.rule != "/login"], ids=lambda row: row.rule
 )
 def test_json_clients_are_told_to_log_in(app, row):
-    response = new_client(app).open(
-        row.path.format(parent="SB10001", loaded="SB10002", bill="B-A"), method=row.method, headers=JSON
-    )
+    response = new_client(app).open(row.path.format(**ANY_OBJECTS), method=row.method, headers=JSON)
     assert response.status_code == 401
     assert response.get_json() == {"ok": False, "error": "login_required", "message": "Please log in."}
 
@@ -335,8 +401,8 @@ def test_dashboard_figures_are_the_own_areas(app, floor_a, floor):
     office = logged_in(app, "office")
     mine = floor_a.get("/api/stats").get_json()
     everyone = office.get("/api/stats").get_json()
-    assert mine["bags"] == {"parents": 2, "children": 4}
-    assert everyone["bags"] == {"parents": 5, "children": 7}
+    assert mine["bags"] == {"parents": 2, "children": 5}
+    assert everyone["bags"] == {"parents": 5, "children": 9}
     assert mine["parents"]["billed"] == 1 and everyone["parents"]["billed"] == 2
     assert mine["scans"]["total"] < everyone["scans"]["total"]
 
@@ -355,6 +421,31 @@ def test_scanning_into_another_areas_parent_changes_nothing(floor_a, floor):
     db.session.expire_all()
     assert db.session.scalar(select(Bag.child_count).where(Bag.qr == other)) == children_before
     assert db.session.scalar(select(Bag.id).where(Bag.qr == "SNEAKY01")) is None
+
+
+# A dispatcher of area A taking area B's bags into area A's: refused without naming them, and harmless.
+ACROSS_AREAS = [
+    pytest.param(
+        "/scan/child",
+        {"parent": "{a[parent]}", "qr": "{b[loose]}"},
+        marks=pytest.mark.xfail(
+            strict=True, reason="a dispatcher can scan another area's loose child into a parent of their own area"
+        ),
+        id="B's loose child into A's parent",
+    ),
+    pytest.param("/scan/child", {"parent": "{a[parent]}", "qr": "{b[child]}"}, id="B's packed child into A's parent"),
+]
+
+
+@pytest.mark.parametrize(("path", "form"), ACROSS_AREAS)
+def test_another_areas_bags_cannot_be_taken_into_the_own_area(floor_a, floor, path, form):
+    before = stored_rows()
+    answer = floor_a.post(path, data={name: value.format(**floor) for name, value in form.items()}, headers=JSON)
+    assert answer.status_code in (404, 409), answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["ok"] is False
+    assert visible_codes(body["message"], area_b_codes() - {floor["b"][name] for name in ("loose", "child")}) == set()
+    assert_changed_nothing(before, stored_rows())
 
 
 # Logging in: where it lands, and which cookies it honours
