@@ -203,31 +203,50 @@ def test_load_remove_close_and_reopen_at_once_keep_the_bill_consistent(big_app, 
     for number in range(4):
         billing.load_parent(db.session, biller, "B-1", f"SB{number:05d}")
 
+    actions = {
+        "load": lambda user, qr: billing.load_parent(db.session, user, "B-1", qr),
+        "remove": lambda user, qr: billing.remove_parent(db.session, user, "B-1", qr),
+        "close": lambda user, qr: billing.close_bill(db.session, user, "B-1"),
+        "reopen": lambda user, qr: billing.reopen_bill(db.session, user, "B-1"),
+    }
+
     def worker(seed: int):
         def work():
             user = thread_user(biller.id)
             chooser = random.Random(seed)
-            # Kept like a long session (an import, the CLI) keeps what it loaded.
-            changes = []
+            done = []
             for _ in range(15):
                 qr = f"SB{chooser.randrange(12):05d}"
                 action = chooser.choice(["load", "load", "remove", "close", "reopen"])
                 try:
-                    if action == "load":
-                        changes.append(billing.load_parent(db.session, user, "B-1", qr))
-                    elif action == "remove":
-                        changes.append(billing.remove_parent(db.session, user, "B-1", qr))
-                    elif action == "close":
-                        changes.append(billing.close_bill(db.session, user, "B-1"))
-                    else:
-                        changes.append(billing.reopen_bill(db.session, user, "B-1"))
+                    change = actions[action](user, qr)
+                    done.append((action, qr, "duplicate" if change.duplicate else "changed"))
                 except Refusal as refusal:
-                    assert refusal.code in {"bill_full", "bill_closed", "parent_not_on_bill", "bill_empty"}
-            return changes
+                    done.append((action, qr, refusal.code))
+            return done
 
         return work
 
-    run_together(big_app, [worker(seed) for seed in range(8)])
+    done = [entry for per_thread in run_together(big_app, [worker(seed) for seed in range(8)]) for entry in per_thread]
+    outcomes = Counter(outcome for _, _, outcome in done)
+    assert set(outcomes) <= {"changed", "duplicate", "bill_full", "bill_closed", "parent_not_on_bill", "bill_empty"}
+    changed = Counter(action for action, _, outcome in done if outcome == "changed")
+    # Each kind of change went through, and a good share of all the work was accepted.
+    assert set(changed) == set(actions), outcomes
+    assert outcomes["changed"] >= len(done) // 5, outcomes
+    assert outcomes["changed"] + outcomes["duplicate"] >= len(done) // 2, outcomes
+    db.session.expire_all()
+    bill = db.session.scalars(select(Bill)).one()
+    # Close and reopen alternate: the bill is closed exactly when one more close than reopen went through.
+    assert changed["close"] - changed["reopen"] == (1 if bill.status == "closed" else 0)
+    # Each parent is on the bill exactly when it started there or was loaded once more than it was removed.
+    on_bill = set(db.session.scalars(select(Bag.qr).where(Bag.bill_id == bill.id)))
+    net = {f"SB{number:05d}": int(number < 4) for number in range(12)}
+    for action, qr, outcome in done:
+        if outcome == "changed":
+            net[qr] += {"load": 1, "remove": -1}.get(action, 0)
+    assert net == {qr: int(qr in on_bill) for qr in net}
+    assert bill.parent_count == len(on_bill)
     assert_consistent()
 
 
@@ -239,23 +258,35 @@ def test_undo_and_scans_on_one_parent_at_once_stay_consistent(big_app, make_user
         def work():
             user = thread_user(user_id)
             chooser = random.Random(seed)
-            # Kept like a long session keeps what it loaded.
-            changes = []
+            done = []
             for number in range(12):
                 try:
                     if chooser.random() < 0.35:
-                        changes.append(scanning.undo_last(db.session, user, "SB00001"))
+                        done.append(("undo", scanning.undo_last(db.session, user, "SB00001").child.qr))
                     else:
-                        changes.append(scanning.scan_child(db.session, user, "SB00001", f"C{user_id}X{number}"))
+                        scan = scanning.scan_child(db.session, user, "SB00001", f"C{user_id}X{number}")
+                        done.append(("scan", scan.child.qr))
                 except Refusal as refusal:
-                    assert refusal.code in {"nothing_to_undo", "parent_full"}
-            return changes
+                    done.append((refusal.code, None))
+            return done
 
         return work
 
-    run_together(big_app, [worker(operator.id, seed) for seed, operator in enumerate(operators)])
+    outcomes = run_together(big_app, [worker(operator.id, seed) for seed, operator in enumerate(operators)])
+    done = [entry for per_thread in outcomes for entry in per_thread]
+    counts = Counter(what for what, _ in done)
+    assert set(counts) <= {"scan", "undo", "nothing_to_undo", "parent_full"}
+    # Both kinds of work went through, and a good share of it.
+    assert counts["scan"] >= len(done) // 3 and counts["undo"] >= len(done) // 10, counts
     db.session.expire_all()
     parent = db.session.scalars(select(Bag).where(Bag.qr == "SB00001")).one()
+    # The parent holds exactly the children scanned in and not undone.
+    scanned = {qr for what, qr in done if what == "scan"}
+    undone = {qr for what, qr in done if what == "undo"}
+    assert undone <= scanned and len(undone) == counts["undo"]
+    linked = set(db.session.scalars(select(Bag.qr).where(Bag.parent_id == parent.id)))
+    assert linked == scanned - undone
+    assert parent.child_count == len(linked)
     assert parent.status == ("complete" if parent.child_count == parent.capacity else "open")
     assert_consistent()
 
