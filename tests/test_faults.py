@@ -27,7 +27,7 @@ from bagtrack import cache as figures
 from bagtrack.extensions import db, limiter
 from bagtrack.invariants import find_violations
 from bagtrack.ledger import in_transaction, log_scan
-from bagtrack.models import Bag, Scan
+from bagtrack.models import Bag, Scan, Tally
 from bagtrack.scanning import find_bag
 
 Parent = aliased(Bag)
@@ -268,6 +268,8 @@ def test_a_connection_killed_mid_scan_answers_503_and_writes_nothing(
     app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
     parent = make_parent(children=2)
     scanner = log_in(app, make_user())
+    before = stored_parent(parent.qr)
+    assert before[:2] == (2, 2)
     moment, matches = KILL_POINTS[where]
     with connection_killed_when(app, database_url, moment, matches) as killed:
         response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "HALFWAY01"}, headers=JSON)
@@ -275,7 +277,7 @@ def test_a_connection_killed_mid_scan_answers_503_and_writes_nothing(
     assert response.status_code == 503, response.get_data(as_text=True)
     assert response.get_json()["error"] == "unavailable"
     assert response.headers["Retry-After"] == "5"
-    assert stored_parent(parent.qr) == (2, 2, stored_parent(parent.qr)[2])
+    assert stored_parent(parent.qr) == before
     assert accepted_scans("HALFWAY01") == 0
     assert find_violations(db.session) == []
     # The operator scans again: this time it is stored, once.
@@ -585,7 +587,7 @@ def test_gunicorn_finishes_every_scan_in_flight_on_sigterm(make_app, database_ur
             db.engine.dispose()
 
 
-# --- A deadlock is retried -----------------------------------------------------------------------
+# --- A deadlock or a serialization failure is retried ------------------------------------------
 
 
 @pytest.mark.postgres
@@ -637,3 +639,78 @@ def test_a_deadlock_is_retried_and_each_transaction_commits_once(app, make_paren
     db.session.rollback()
     logged = db.session.scalars(select(Scan.qr).where(Scan.qr.like("DEADLOCK-%")).order_by(Scan.qr)).all()
     assert logged == ["DEADLOCK-one", "DEADLOCK-two"]
+
+
+@contextmanager
+def serialization_failure_once(table: str):
+    """The next INSERT into ``table`` fails with SQLSTATE 40001, as a SERIALIZABLE conflict does; later ones pass.
+
+    A sequence counts the trigger's calls: unlike a row, it is not rolled back with the failed transaction.
+    """
+    db.session.commit()
+    with db.engine.begin() as connection:
+        connection.execute(text("CREATE SEQUENCE serialization_fault_calls"))
+        connection.execute(
+            text(
+                "CREATE FUNCTION serialization_fault() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF nextval('serialization_fault_calls') = 1 THEN"
+                " RAISE EXCEPTION 'could not serialize access (injected)' USING ERRCODE = '40001';"
+                " END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                f"CREATE TRIGGER serialization_fault BEFORE INSERT ON {table}"
+                " FOR EACH ROW EXECUTE FUNCTION serialization_fault()"
+            )
+        )
+    try:
+        yield
+    finally:
+        db.session.rollback()
+        with db.engine.begin() as connection:
+            connection.execute(text(f"DROP TRIGGER serialization_fault ON {table}"))
+            connection.execute(text("DROP FUNCTION serialization_fault()"))
+            connection.execute(text("DROP SEQUENCE serialization_fault_calls"))
+
+
+def tally_totals() -> dict[str, int]:
+    db.session.rollback()
+    fields = ("children", "scans_ok", "scans_rejected")
+    row = db.session.execute(select(*(func.coalesce(func.sum(getattr(Tally, f)), 0) for f in fields))).one()
+    return dict(zip(fields, row, strict=True))
+
+
+@pytest.mark.postgres
+def test_a_serialization_failure_is_retried_and_the_scan_counted_once(app, make_user, make_parent):
+    """The scan-log INSERT of the first attempt fails with 40001 after the child was linked and counted;
+    the ledger rolls that attempt back and runs the scan again."""
+    parent = make_parent(children=2)
+    scanner = log_in(app, make_user())
+    before = stored_parent(parent.qr)
+    tally_before = tally_totals()
+    failures: list[str | None] = []
+
+    def on_error(context) -> None:
+        failures.append(getattr(context.original_exception, "pgcode", None))
+
+    event.listen(db.engine, "handle_error", on_error)
+    try:
+        with serialization_failure_once("scan"):
+            response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "RETRY0001"}, headers=JSON)
+    finally:
+        event.remove(db.engine, "handle_error", on_error)
+    assert failures == ["40001"], "the fault was not injected once"
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.get_json()["duplicate"] is False
+    assert response.get_json()["parent"]["child_count"] == 3
+    assert stored_parent(parent.qr) == (3, 3, sorted([*before[2], "RETRY0001"]))
+    assert accepted_scans("RETRY0001") == 1
+    assert db.session.scalar(select(func.count()).select_from(Scan).where(Scan.qr == "RETRY0001")) == 1
+    tally_after = tally_totals()
+    assert {name: tally_after[name] - tally_before[name] for name in tally_after} == {
+        "children": 1,
+        "scans_ok": 1,
+        "scans_rejected": 0,
+    }
+    assert find_violations(db.session) == []
