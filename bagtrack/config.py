@@ -15,6 +15,7 @@ from pathlib import Path
 
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIN_SECRET_KEY_CHARS = 32
 
 
 class ConfigError(ValueError):
@@ -153,6 +154,12 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     secret_key = env_str(environ, "SECRET_KEY")
     if secret_key is None and not embedded:
         raise ConfigError("SECRET_KEY must be set when DATABASE_URL is set (production)")
+    if secret_key is not None and not embedded and len(secret_key) < MIN_SECRET_KEY_CHARS:
+        # Sessions and CSRF tokens are signed with it: a short key can be guessed offline.
+        raise ConfigError(
+            f"SECRET_KEY must be at least {MIN_SECRET_KEY_CHARS} characters in production, got {len(secret_key)};"
+            " generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
 
     return {
         "EMBEDDED": embedded,

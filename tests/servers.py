@@ -113,7 +113,7 @@ def flask_command(database_url: str, *args: str, environment: dict | None = None
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "bagtrack", *args],
         cwd=ROOT,
-        env={**os.environ, "SECRET_KEY": "scratch-secret", **(environment or {}), "DATABASE_URL": database_url},
+        env={**os.environ, "SECRET_KEY": "scratch-secret-" * 3, **(environment or {}), "DATABASE_URL": database_url},
         capture_output=True,
         text=True,
         timeout=120,

@@ -518,7 +518,7 @@ def test_gunicorn_finishes_every_scan_in_flight_on_sigterm(make_app, database_ur
             assert result.exit_code == 0, result.output
         environment = {
             "DATABASE_URL": scratch_url,
-            "SECRET_KEY": "sigterm-test-secret",
+            "SECRET_KEY": "sigterm-test-secret-sigterm-test-secret",
             "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT_S),
             "BAGTRACK_LIMIT_SCAN": "100000/minute",
         }
