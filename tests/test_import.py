@@ -157,7 +157,7 @@ def test_import_bags_from_xlsx_reads_numbers_as_codes(runner, tmp_path, make_are
 
     assert result.exit_code == 2, result.output
     assert refusals(result.output) == [(4, "invalid_qr")]
-    assert (tmp_path / "report.csv").read_text(encoding="utf-8").startswith("row,code,message\n4,invalid_qr,")
+    assert (tmp_path / "report.csv").read_text(encoding="utf-8").startswith('"row","code","message"\n4,"invalid_qr",')
     reload()
     assert bag("12345678").parent_id == bag("SB40001").id
     assert find_violations(db.session) == []
