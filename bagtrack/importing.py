@@ -20,8 +20,8 @@ with its row number (the header is row 1, as a spreadsheet counts), a code
 and a sentence. The other rows are imported together, in one transaction.
 
 Rows are checked in Python one by one as they stream in, staged in a
-temporary table in chunks (``COPY`` on PostgreSQL, through the seed's
-writers), then checked against the file and the database with set-based
+temporary table in chunks (``COPY`` on PostgreSQL from the command line,
+through the seed's writers), then checked against the file and the database with set-based
 SQL, so memory stays flat whatever the size. What an import creates is
 written already consistent: counters, the scan rows of the parents created,
 the children linked and the parents loaded (by the importing admin, or by
@@ -50,7 +50,7 @@ from .codes import classify, normalise, require_kind
 from .errors import Refusal
 from .ledger import add_to_tally
 from .models import DispatchArea, User, utcnow
-from .seeding import PostgresWriter, SqliteWriter
+from .seeding import writer_for
 
 EXTENSIONS = ("csv", "xlsx")
 CHUNK_ROWS = 10_000
@@ -363,9 +363,7 @@ class BagLayout:
         )
         _execute(connection, "CREATE TEMPORARY TABLE import_fill (parent_qr VARCHAR(64) PRIMARY KEY, children BIGINT)")
         _execute(connection, VERDICT_TABLE)
-        self.writer = (
-            PostgresWriter(connection) if connection.dialect.name == "postgresql" else SqliteWriter(connection)
-        )
+        self.writer = writer_for(connection)
 
     def drop_stage(self, connection) -> None:
         for table in ("import_bag", "import_fill", "import_verdict"):

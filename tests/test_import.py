@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 
-from conftest import JSON
+import pytest
+from conftest import JSON, PASSWORD, log_in
 from openpyxl import Workbook
+from servers import Gunicorn, http_login
 from sqlalchemy import func, select
 
 from bagtrack import billing, importing, stats
+from bagtrack.exports import views as exports_views
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
 from bagtrack.models import AuditEntry, Bag, Bill, Scan, User
@@ -320,3 +323,92 @@ def test_a_bulk_import_checks_foreign_keys_once_and_stays_consistent(runner, tmp
     assert (bag("SB90001").status, bag("SB10001").child_count) == ("complete", 2)
     assert find_violations(db.session) == []
     assert stats.dashboard_figures(db.session, None)["bags"] == {"parents": 2, "children": 32}
+
+
+def xlsx_bytes(rows: list[tuple]) -> bytes:
+    workbook = Workbook()
+    for row in rows:
+        workbook.active.append(row)
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_the_import_page_imports_under_gunicorn_with_gevent(database_url, make_user, make_area, tmp_path):
+    make_area("NORTH")
+    make_user("boss", role="admin", area=None)
+    server = Gunicorn(tmp_path / "gunicorn.log", {"DATABASE_URL": database_url, "REDIS_URL": ""}, "-w", "1")
+    try:
+        admin = http_login(server.base, "boss", PASSWORD)
+        bags = admin.post(
+            f"{server.base}/admin/import",
+            data={"kind": "bags"},
+            files={"file": ("bags.csv", BAG_HEADER + "SB70001,parent,NORTH,\nC7000001,child,,SB70001\n")},
+            timeout=30,
+        )
+        sheet = xlsx_bytes([("bill_no", "capacity", "destination", "vehicle_no", "description", "status", "parents"),
+                            ("B-70", 2, "Dock 1", "", "", "open", "SB70001")])  # fmt: skip
+        bills = admin.post(
+            f"{server.base}/admin/import", data={"kind": "bills"}, files={"file": ("bills.xlsx", sheet)}, timeout=30
+        )
+        page = admin.post(
+            f"{server.base}/admin/import",
+            data={"kind": "bags"},
+            files={"file": ("more.csv", BAG_HEADER + "C7000002,child,NORTH,\n")},
+            headers={"Accept": "text/html"},
+            timeout=30,
+        )
+    finally:
+        server.kill()
+
+    assert (bags.status_code, bags.json().get("imported")) == (201, 2), bags.text
+    assert (bills.status_code, bills.json().get("imported")) == (201, 1), bills.text
+    assert page.status_code == 200 and "Imported 1 bags, refused 0." in page.text
+    reload()
+    assert bag("C7000001").parent_id == bag("SB70001").id and bag("SB70001").child_count == 1
+    assert db.session.scalars(select(Bill.parent_count).where(Bill.bill_no == "B-70")).one() == 1
+    assert find_violations(db.session) == []
+
+
+def test_an_unexpected_failure_answers_500_with_an_internal_error_code(make_app, make_user, monkeypatch):
+    app = make_app(PROPAGATE_EXCEPTIONS=False)
+    with app.app_context():
+        admin = log_in(app, make_user("boss", role="admin", area=None))
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("the import broke")
+
+        monkeypatch.setitem(exports_views.IMPORTERS, "bags", broken)
+        answer = admin.post("/admin/import", data=csv_upload(BAG_HEADER), headers=JSON)
+        page = admin.post("/admin/import", data=csv_upload(BAG_HEADER), content_type="multipart/form-data")
+
+    assert answer.status_code == 500
+    assert answer.get_json()["error"] == "internal_error" and "the import broke" not in answer.get_data(as_text=True)
+    assert page.status_code == 500 and "internal_error" in page.get_data(as_text=True)
+
+
+@pytest.mark.postgres
+def test_seed_import_export_and_prune_run_where_psycopg2_waits_cooperatively(runner, tmp_path):
+    """As in a gevent worker: psycopg2 has a wait callback, and COPY refuses to run with one."""
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    db.engine.dispose()
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    try:
+        seeded = runner.invoke(args=["seed", "--parents", "3", "--areas", "1"])
+        path = write(tmp_path, "bags.csv", BAG_HEADER + "SB90001,parent,A1,\nC9000001,child,,SB90001\n")
+        imported = runner.invoke(args=["import", "bags", str(path)])
+        exported = runner.invoke(args=["export", "bags", "-o", "-"])
+        pruned = runner.invoke(args=["prune", "--older-than", "1"])
+    finally:
+        psycopg2.extensions.set_wait_callback(None)
+        db.session.remove()
+        db.engine.dispose()
+
+    assert [result.exit_code for result in (seeded, imported, exported, pruned)] == [0] * 4, imported.output
+    assert "Imported 2 bags, refused 0" in imported.output and "C9000001" in exported.stdout
+    assert count(Bag) == 2 + count(Bag, Bag.qr.like("SB0%")) + count(Bag, Bag.qr.like("C0%"))
+    assert find_violations(db.session) == []
