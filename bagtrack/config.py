@@ -211,6 +211,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "MAX_FORM_MEMORY_SIZE": env_int(environ, "BAGTRACK_MAX_FORM_MEMORY_BYTES", 256 * 1024, minimum=1024),
         "MAX_FORM_PARTS": env_int(environ, "BAGTRACK_MAX_FORM_PARTS", 500, minimum=10),
         "BAGTRACK_MAX_UPLOAD_BYTES": env_int(environ, "BAGTRACK_MAX_UPLOAD_BYTES", 64 * 1024 * 1024, minimum=1024),
+        # The import page runs inside a request: bigger files go through the command line.
+        "BAGTRACK_IMPORT_PAGE_MAX_ROWS": env_int(environ, "BAGTRACK_IMPORT_PAGE_MAX_ROWS", 20_000, minimum=1),
         "BAGTRACK_PROXY_FIX": env_proxy_fix(environ, "BAGTRACK_PROXY_FIX"),
         # Dashboard figures cache and Redis.
         "BAGTRACK_STATS_TTL_S": env_float(environ, "BAGTRACK_STATS_TTL_S", 5.0, minimum=0.1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 
 import pytest
 from conftest import JSON, PASSWORD, log_in
@@ -268,7 +269,8 @@ def test_admin_imports_an_upload_over_one_mebibyte(login_as, make_user, make_are
     make_area("NORTH")
     admin = login_as(make_user("boss", role="admin", area=None))
     # Blank rows are skipped; they make the upload bigger than the 1 MiB other routes accept.
-    content = BAG_HEADER + "SB80001,parent,NORTH,\nC8000001,child,,SB80001\nSB8-1,parent,NORTH,\n" + ",,,\n" * 300_000
+    blank_rows = ("," * 2000 + "\n") * 600
+    content = BAG_HEADER + "SB80001,parent,NORTH,\nC8000001,child,,SB80001\nSB8-1,parent,NORTH,\n" + blank_rows
     assert len(content) > 1024 * 1024
 
     page = admin.post("/admin/import", data=csv_upload(content), content_type="multipart/form-data")
@@ -412,3 +414,101 @@ def test_seed_import_export_and_prune_run_where_psycopg2_waits_cooperatively(run
     assert "Imported 2 bags, refused 0" in imported.output and "C9000001" in exported.stdout
     assert count(Bag) == 2 + count(Bag, Bag.qr.like("SB0%")) + count(Bag, Bag.qr.like("C0%"))
     assert find_violations(db.session) == []
+
+
+def sheet_xml(rows: list[tuple[int, tuple[str, ...]]], *, dimension: str = "A1:D3", columns=("A", "B", "C", "D"),
+              prologue: str = "") -> str:  # fmt: skip
+    """A worksheet written by hand, as a hostile file would be: inline strings, any row and column numbers."""
+
+    def cell(column: str, number: int, value: str) -> str:
+        return f'<c r="{column}{number}" t="inlineStr"><is><t>{value}</t></is></c>'
+
+    body = "".join(
+        f'<row r="{number}">' + "".join(map(cell, columns, [number] * len(values), values)) + "</row>"
+        for number, values in rows
+    )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>{prologue}<worksheet'
+        ' xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+        f'<dimension ref="{dimension}"/><sheetData>{body}</sheetData></worksheet>'
+    )
+
+
+def workbook_with(sheet: str, **extra_members: bytes) -> bytes:
+    """A real workbook whose first sheet is replaced by ``sheet`` (and with ``extra_members`` added)."""
+    source = zipfile.ZipFile(io.BytesIO(xlsx_bytes([("qr",)])))
+    target = io.BytesIO()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for item in source.infolist():
+            replaced = item.filename == "xl/worksheets/sheet1.xml"
+            archive.writestr(item.filename, sheet.encode() if replaced else source.read(item))
+        for name, content in extra_members.items():
+            archive.writestr(name.replace("__", "/"), content)
+    return target.getvalue()
+
+
+HEADER_ROW = (1, ("qr", "kind", "area", "parent"))
+
+
+def test_hostile_workbooks_are_refused_before_they_are_read(login_as, make_user, make_area):
+    make_area("NORTH")
+    admin = login_as(make_user("boss", role="admin", area=None))
+    good_row = (2, ("SB60001", "parent", "NORTH", ""))
+    hostile = {
+        "huge cell": workbook_with(sheet_xml([HEADER_ROW, (2, ("SB60002", "parent", "NORTH", "x" * 300_000))])),
+        "huge when unpacked": workbook_with(sheet_xml([HEADER_ROW, good_row]), xl__media__junk_bin=bytes(40 << 20)),
+        "row 100,000,000": workbook_with(sheet_xml([HEADER_ROW, good_row, (100_000_000, ("SB60003", "parent"))])),
+        "far column": workbook_with(sheet_xml([HEADER_ROW, (2, ("SB60004", "x"))], columns=("A", "XFD"))),
+        "entities": workbook_with(sheet_xml([HEADER_ROW, good_row], prologue='<!DOCTYPE x [<!ENTITY a "aaaa">]>')),
+    }
+    answers = {
+        name: admin.post(
+            "/admin/import", data={"kind": "bags", "file": (io.BytesIO(content), "bags.xlsx")}, headers=JSON
+        )
+        for name, content in hostile.items()
+    }
+    # A sheet claiming rows it does not have (its recorded size) is read by its rows.
+    lying = workbook_with(sheet_xml([HEADER_ROW, good_row], dimension="A1:XFD100000000"))
+    imported = admin.post(
+        "/admin/import", data={"kind": "bags", "file": (io.BytesIO(lying), "bags.xlsx")}, headers=JSON
+    )
+
+    assert {name: (answer.status_code, answer.get_json()["error"]) for name, answer in answers.items()} == {
+        name: (400, "invalid_input") for name in hostile
+    }
+    messages = {name: answer.get_json()["message"] for name, answer in answers.items()}
+    assert messages["huge cell"] == "A cell of the XLSX workbook holds more than 256 KiB of text."
+    assert messages["huge when unpacked"].startswith("The XLSX workbook unpacks to 40 MiB; at most 32 MiB")
+    assert messages["row 100,000,000"].startswith("The file has more than 20,000 rows")
+    assert messages["far column"] == "The XLSX sheet has cells past column 64."
+    assert messages["entities"] == "The XLSX workbook declares XML entities; it is not read."
+    assert (imported.status_code, imported.get_json()["imported"]) == (201, 1), imported.get_json()
+    assert count(Bag) == 1
+    assert db.session.scalars(select(AuditEntry.action)).all() == ["import.bags"]
+
+
+def test_the_import_page_sends_files_over_its_row_limit_to_the_command_line(make_app, make_user, make_area, tmp_path):
+    app = make_app(BAGTRACK_IMPORT_PAGE_MAX_ROWS=5)
+    make_area("NORTH")
+    rows = "".join(f"SB6{number:04d},parent,NORTH,\n" for number in range(6))
+    with app.app_context():
+        admin = log_in(app, make_user("boss", role="admin", area=None))
+        page = admin.get("/admin/import").get_data(as_text=True)
+        too_many = admin.post("/admin/import", data=csv_upload(BAG_HEADER + rows), headers=JSON)
+        sheet = xlsx_bytes([HEADER_ROW[1]] + [(f"SB6{number:04d}", "parent", "NORTH", "") for number in range(6)])
+        too_many_xlsx = admin.post(
+            "/admin/import", data={"kind": "bags", "file": (io.BytesIO(sheet), "bags.xlsx")}, headers=JSON
+        )
+        five = admin.post("/admin/import", data=csv_upload(BAG_HEADER + rows.split("\n", 1)[1]), headers=JSON)
+        six = BAG_HEADER + rows.replace("SB6", "SB7")
+        cli = app.test_cli_runner().invoke(args=["import", "bags", str(write(tmp_path, "six.csv", six))])
+
+    assert "This page takes files of up to 5 rows" in page
+    for answer in (too_many, too_many_xlsx):
+        assert (answer.status_code, answer.get_json()["error"]) == (400, "invalid_input")
+        assert answer.get_json()["message"] == (
+            "The file has more than 5 rows, more than are imported here. Import larger files on the server with:"
+            " flask --app bagtrack import bags|bills FILE"
+        )
+    assert (five.status_code, five.get_json()["imported"]) == (201, 5)
+    assert cli.exit_code == 0 and "Imported 6 bags, refused 0" in cli.output, cli.output
