@@ -20,9 +20,10 @@ with its row number (the header is row 1, as a spreadsheet counts), a code
 and a sentence. The other rows are imported together, in one transaction.
 
 Rows are checked in Python one by one as they stream in, staged in a
-temporary table in chunks (``COPY`` on PostgreSQL from the command line,
-through the seed's writers), then checked against the file and the database with set-based
-SQL, so memory stays flat whatever the size. What an import creates is
+temporary table in chunks (through the seed's writers: ``COPY`` on
+PostgreSQL from the command line, multi-row ``INSERT`` under gevent), then
+checked against the file and the database with set-based SQL, so memory
+stays flat whatever the size. What an import creates is
 written already consistent: counters, the scan rows of the parents created,
 the children linked and the parents loaded (by the importing admin, or by
 no user from the command line), and the dashboard tally. While the checks
@@ -168,7 +169,7 @@ def _run(session, layout, stream, extension, user, source, on_refusal, progress,
     report = ImportReport(kind=layout.kind)
     check_file(stream, extension, limits)
     estimate = _row_estimate(stream, extension) if progress is not None else None
-    rows = _open_table(stream, extension, layout, limits)
+    rows = _open_table(stream, extension, layout.columns, limits)
     advance = progress(estimate) if progress is not None else None
     # One transaction from the first staged row to the commit; nothing of the caller's is left in it.
     session.rollback()
@@ -332,7 +333,9 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-def _open_table(stream: BinaryIO, extension: str, layout, limits: FileLimits) -> Iterator[tuple[int, dict | None]]:
+def _open_table(
+    stream: BinaryIO, extension: str, columns: tuple[str, ...], limits: FileLimits
+) -> Iterator[tuple[int, dict | None]]:
     """Check the header now; then each non-blank data row as (row number, {column: text}).
 
     A row with more cells than the header has columns comes as (row number, None).
@@ -340,7 +343,7 @@ def _open_table(stream: BinaryIO, extension: str, layout, limits: FileLimits) ->
     """
     rows = _xlsx_rows(stream) if extension == "xlsx" else _csv_rows(stream)
     try:
-        names = _header(next(rows, None), layout.columns)
+        names = _header(next(rows, None), columns)
     except BaseException:
         rows.close()
         raise

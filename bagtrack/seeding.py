@@ -1,7 +1,8 @@
 """Demo and benchmark data: areas, users, parents full of children, bills and a scan log.
 
 Rows are generated in Python and streamed to the database in chunks
-(PostgreSQL ``COPY``, SQLite batched inserts), so memory stays flat whatever
+(PostgreSQL ``COPY``, or multi-row inserts where ``COPY`` cannot run, see
+:func:`writer_for`; SQLite batched inserts), so memory stays flat whatever
 the size. Bag ids are reserved up front, so parents, children and scans
 reference one another without round trips; every counter is written already
 consistent with the rows, and the dashboard tally is then added to with one
