@@ -357,6 +357,22 @@ def test_scanning_into_another_areas_parent_changes_nothing(floor_a, floor):
     assert db.session.scalar(select(Bag.id).where(Bag.qr == "SNEAKY01")) is None
 
 
+def test_another_areas_loose_child_stays_there_and_the_invariants_hold(app, floor_a, floor):
+    floor_b = logged_in(app, "floor-b")
+    packed = floor_b.post("/scan/child", data={"parent": floor["b"]["parent"], "qr": "ROAMER01"}, headers=JSON)
+    undone = floor_b.post("/scan/undo", data={"parent": floor["b"]["parent"]}, headers=JSON)
+    assert (packed.status_code, undone.status_code) == (201, 200)
+
+    taken = floor_a.post("/scan/child", data={"parent": floor["a"]["parent"], "qr": "ROAMER01"}, headers=JSON)
+
+    assert taken.status_code == 404 and taken.get_json()["error"] == "not_found"
+    assert floor["b"]["parent"] not in taken.get_json()["message"] and "SOUTH" not in taken.get_json()["message"]
+    assert floor_b.get("/api/bags/ROAMER01").status_code == 200
+    assert floor_a.get("/api/bags/ROAMER01").status_code == 404
+    checked = app.test_cli_runner().invoke(args=["check", "--invariants"])
+    assert checked.exit_code == 0 and "OK    invariants: all hold" in checked.output, checked.output
+
+
 # Logging in: where it lands, and which cookies it honours
 
 
