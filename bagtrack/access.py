@@ -26,6 +26,13 @@ def may_see_area(user: User, area_id: int | None) -> bool:
     return scope is None or scope == area_id
 
 
+def visible_figures(user: User, figures: dict) -> dict:
+    """Dashboard figures as ``user`` may see them: bills are the office's, a dispatcher's figures leave them out."""
+    if user.has_role("biller"):
+        return figures
+    return {name: value for name, value in figures.items() if name != "bills"}
+
+
 def scoped(statement, user: User, area_column):
     """Restrict a SELECT to the areas ``user`` may see."""
     scope = area_scope(user)

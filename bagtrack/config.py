@@ -15,6 +15,7 @@ from pathlib import Path
 
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIN_SECRET_KEY_CHARS = 32
 
 
 class ConfigError(ValueError):
@@ -153,6 +154,12 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     secret_key = env_str(environ, "SECRET_KEY")
     if secret_key is None and not embedded:
         raise ConfigError("SECRET_KEY must be set when DATABASE_URL is set (production)")
+    if secret_key is not None and not embedded and len(secret_key) < MIN_SECRET_KEY_CHARS:
+        # Sessions and CSRF tokens are signed with it: a short key can be guessed offline.
+        raise ConfigError(
+            f"SECRET_KEY must be at least {MIN_SECRET_KEY_CHARS} characters in production, got {len(secret_key)};"
+            " generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
 
     return {
         "EMBEDDED": embedded,
@@ -204,6 +211,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "MAX_FORM_MEMORY_SIZE": env_int(environ, "BAGTRACK_MAX_FORM_MEMORY_BYTES", 256 * 1024, minimum=1024),
         "MAX_FORM_PARTS": env_int(environ, "BAGTRACK_MAX_FORM_PARTS", 500, minimum=10),
         "BAGTRACK_MAX_UPLOAD_BYTES": env_int(environ, "BAGTRACK_MAX_UPLOAD_BYTES", 64 * 1024 * 1024, minimum=1024),
+        # The import page runs inside a request: bigger files go through the command line.
+        "BAGTRACK_IMPORT_PAGE_MAX_ROWS": env_int(environ, "BAGTRACK_IMPORT_PAGE_MAX_ROWS", 20_000, minimum=1),
         "BAGTRACK_PROXY_FIX": env_proxy_fix(environ, "BAGTRACK_PROXY_FIX"),
         # Dashboard figures cache and Redis.
         "BAGTRACK_STATS_TTL_S": env_float(environ, "BAGTRACK_STATS_TTL_S", 5.0, minimum=0.1),

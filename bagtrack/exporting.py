@@ -12,6 +12,9 @@ follows the rows exported, not the size of the tables.
 Exports are scoped like the pages: a dispatcher exports only the bags and
 scans of their own area, and bills not at all. Every export is written to the
 audit log (who, what, which days).
+
+Every CSV bagtrack writes goes through :func:`csv_writer`, so no cell can run
+as a formula in a spreadsheet, whatever list separator it splits on.
 """
 
 from __future__ import annotations
@@ -55,7 +58,13 @@ MEDIA_TYPES = {
 }
 # A spreadsheet runs a cell that starts like a formula; such text is exported with a leading apostrophe.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-PLAIN_VALUE = re.compile(r"^-?[A-Za-z0-9.-]*$", re.ASCII)
+NEGATIVE_NUMBER = re.compile(r"^-[0-9]+(\.[0-9]+)?$", re.ASCII)
+# A spreadsheet that splits CSV lines on ';' or tabs (the list separator of many locales) starts a
+# new cell after one of them, or after a line break, even inside a quoted field: guard there too.
+FORMULA_AFTER_SEPARATOR = re.compile(r"(?<=[;\t\r\n])(?=[=+\-@\t\r])")
+# Days an export may name: wide enough for any real range, far from the calendar's ends.
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(2999, 12, 31)
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ def parse_days(raw_from: str | None, raw_to: str | None, today: date | None = No
     """
     today = today or datetime.now(UTC).date()
     last = _day(raw_to, "to") or today
-    first = _day(raw_from, "from") or last - timedelta(days=DEFAULT_DAYS - 1)
+    first = _day(raw_from, "from") or max(last - timedelta(days=DEFAULT_DAYS - 1), FIRST_DAY)
     if first > last:
         raise Refusal("invalid_input", f"'from' ({first.isoformat()}) is after 'to' ({last.isoformat()}).")
     if (last - first).days + 1 > MAX_DAYS:
@@ -102,9 +111,16 @@ def _day(raw: str | None, name: str) -> date | None:
     try:
         if not DAY_PATTERN.fullmatch(raw):
             raise ValueError
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise Refusal("invalid_input", f"'{name}' must be a date written YYYY-MM-DD, not {raw[:20]!r}.") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        # Times around the calendar's ends cannot be computed (the range is widened a little to find rows).
+        raise Refusal(
+            "invalid_input",
+            f"'{name}' must be a day from {FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()}, not {raw}.",
+        )
+    return day
 
 
 def scope_for(user: User | None, what: str) -> int | None:
@@ -201,8 +217,8 @@ def _bill_rows(session, days: Days) -> Iterator[tuple]:
 
 
 def _guarded(value):
-    """Text a spreadsheet would run as a formula gets a leading apostrophe; codes and numbers stay as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START) and not PLAIN_VALUE.fullmatch(value):
+    """Text a spreadsheet would run as a formula gets a leading apostrophe; numbers stay as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not NEGATIVE_NUMBER.fullmatch(value):
         return "'" + value
     return value
 
@@ -212,16 +228,41 @@ def _csv_value(value):
         return ""
     if isinstance(value, datetime):
         return iso(value)
-    return _guarded(value)
+    if isinstance(value, str):
+        return _guarded(FORMULA_AFTER_SEPARATOR.sub("'", value))
+    return value
+
+
+class _SpreadsheetSafeWriter:
+    """A ``csv.writer`` whose text cells are quoted and guarded (see :func:`csv_writer`)."""
+
+    def __init__(self, target):
+        self._writer = csv.writer(target, quoting=csv.QUOTE_NONNUMERIC)
+
+    def writerow(self, row) -> None:
+        self._writer.writerow([_csv_value(value) for value in row])
+
+
+def csv_writer(target) -> _SpreadsheetSafeWriter:
+    """A CSV writer for files people open in a spreadsheet.
+
+    Every text cell is quoted, and text that would start like a formula
+    (``= + - @``, tab, carriage return) gets an apostrophe in front: at the
+    start of a cell, and after a ``;``, a tab or a line break inside it, where
+    a spreadsheet splitting lines on ``;`` or tabs (not ``,``) would start a
+    new cell. Numbers are written bare; None is an empty cell; times are
+    ISO 8601 UTC.
+    """
+    return _SpreadsheetSafeWriter(target)
 
 
 def csv_chunks(what: str, rows: Iterator[tuple]) -> Iterator[str]:
     """The export as CSV text, a chunk per batch of rows; times are ISO 8601 UTC."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv_writer(buffer)
     writer.writerow(COLUMNS[what])
     for written, row in enumerate(rows, start=1):
-        writer.writerow([_csv_value(value) for value in row])
+        writer.writerow(row)
         if written % BATCH_ROWS == 0:
             yield buffer.getvalue()
             buffer.seek(0)

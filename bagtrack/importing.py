@@ -20,9 +20,10 @@ with its row number (the header is row 1, as a spreadsheet counts), a code
 and a sentence. The other rows are imported together, in one transaction.
 
 Rows are checked in Python one by one as they stream in, staged in a
-temporary table in chunks (``COPY`` on PostgreSQL, through the seed's
-writers), then checked against the file and the database with set-based
-SQL, so memory stays flat whatever the size. What an import creates is
+temporary table in chunks (through the seed's writers: ``COPY`` on
+PostgreSQL from the command line, multi-row ``INSERT`` under gevent), then
+checked against the file and the database with set-based SQL, so memory
+stays flat whatever the size. What an import creates is
 written already consistent: counters, the scan rows of the parents created,
 the children linked and the parents loaded (by the importing admin, or by
 no user from the command line), and the dashboard tally. While the checks
@@ -36,6 +37,7 @@ import csv
 import io
 import re
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +52,7 @@ from .codes import classify, normalise, require_kind
 from .errors import Refusal
 from .ledger import add_to_tally
 from .models import DispatchArea, User, utcnow
-from .seeding import PostgresWriter, SqliteWriter
+from .seeding import writer_for
 
 EXTENSIONS = ("csv", "xlsx")
 CHUNK_ROWS = 10_000
@@ -63,6 +65,24 @@ SHOWN_REFUSALS = 200
 OFFICE_TALLY = 0  # bills belong to no dispatch area
 PARENT_SEPARATORS = re.compile(r"[\s,;]+")
 SHOWN_VALUE = 64  # characters of a refused value quoted in a message
+# What an XLSX workbook may hold, checked on its zip members before it is read (a hostile one is small
+# packed but huge unpacked, or claims rows far down the sheet that a reader would walk through).
+XLSX_LAST_ROW = 1_048_576  # a spreadsheet's last row
+XLSX_LAST_COLUMN = 64  # bagtrack's files have at most 7 columns; a reader pads every row to its last cell
+XLSX_MAX_MEMBERS = 1_000
+# No text or attribute in the workbook's XML longer than this (a spreadsheet cell holds 32,767 characters).
+XLSX_MAX_TEXT_BYTES = 256 * 1024
+XLSX_BLOCK_BYTES = 1 << 20
+XLSX_ROW_NUMBER = re.compile(rb"<row\b[^>]*?\sr=\"([0-9]+)\"")
+XLSX_CELL_COLUMN = re.compile(rb"<c\b[^>]*?\sr=\"([A-Z]+)[0-9]")
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """How big a file an import reads: data rows (None: any number) and an XLSX's unpacked bytes."""
+
+    rows: int | None = None
+    unpacked_bytes: int | None = None
 
 
 class RowProblem(Exception):
@@ -105,7 +125,7 @@ def file_extension(filename: str) -> str:
 
 def import_bags(session, stream: BinaryIO, extension: str, *, user: User | None, source: str,
                 on_refusal: Callable[[RowRefusal], None] | None = None,
-                progress: Progress | None = None) -> ImportReport:  # fmt: skip
+                progress: Progress | None = None, limits: FileLimits = FileLimits()) -> ImportReport:  # fmt: skip
     """Import the bags of a file (columns ``qr, kind, area, parent``).
 
     A row is refused, checks in this order, with ``invalid_qr`` or
@@ -119,15 +139,16 @@ def import_bags(session, stream: BinaryIO, extension: str, *, user: User | None,
     bagtrack nor imported from this file), ``invalid_input`` (the child
     names another area than its parent's) and ``parent_full`` (the rows
     past the parent's capacity, in file order). A parent filled to capacity
-    is complete. A file or header that cannot be read is ``invalid_input``
-    and imports nothing.
+    is complete. A file or header that cannot be read, or a file beyond
+    ``limits`` (see :func:`check_file`), is ``invalid_input`` and imports
+    nothing.
     """
-    return _run(session, BagLayout(), stream, extension, user, source, on_refusal, progress)
+    return _run(session, BagLayout(), stream, extension, user, source, on_refusal, progress, limits)
 
 
 def import_bills(session, stream: BinaryIO, extension: str, *, user: User | None, source: str,
                  on_refusal: Callable[[RowRefusal], None] | None = None,
-                 progress: Progress | None = None) -> ImportReport:  # fmt: skip
+                 progress: Progress | None = None, limits: FileLimits = FileLimits()) -> ImportReport:  # fmt: skip
     """Import bills (columns ``bill_no, capacity, destination, vehicle_no, description, status, parents``).
 
     A row is refused with ``invalid_bill_no``, ``invalid_input`` (capacity
@@ -138,15 +159,17 @@ def import_bills(session, stream: BinaryIO, extension: str, *, user: User | None
     ``parent_not_found``, ``parent_on_other_bill`` (on a bill in bagtrack),
     ``parent_empty``, ``bill_full``, and ``parent_on_other_bill`` again
     when an earlier imported row of the file loads the parent. A refused row
-    loads none of its parents; a closed bill gets its closing time.
+    loads none of its parents; a closed bill gets its closing time. Files
+    are limited as for bags.
     """
-    return _run(session, BillLayout(), stream, extension, user, source, on_refusal, progress)
+    return _run(session, BillLayout(), stream, extension, user, source, on_refusal, progress, limits)
 
 
-def _run(session, layout, stream, extension, user, source, on_refusal, progress) -> ImportReport:
+def _run(session, layout, stream, extension, user, source, on_refusal, progress, limits) -> ImportReport:
     report = ImportReport(kind=layout.kind)
+    check_file(stream, extension, limits)
     estimate = _row_estimate(stream, extension) if progress is not None else None
-    rows = _open_table(stream, extension, layout.columns)
+    rows = _open_table(stream, extension, layout.columns, limits)
     advance = progress(estimate) if progress is not None else None
     # One transaction from the first staged row to the commit; nothing of the caller's is left in it.
     session.rollback()
@@ -199,6 +222,89 @@ def _chunks(rows: Iterator[tuple]) -> Iterator[list[tuple]]:
         yield chunk
 
 
+def check_file(stream: BinaryIO, extension: str, limits: FileLimits) -> None:
+    """Refuse an XLSX workbook that would cost far more to read than its size says, before reading it.
+
+    Only the zip directory and the XML text are looked at, a block at a
+    time: the members unpacked must stay within ``limits.unpacked_bytes``,
+    no text or attribute may exceed ``XLSX_MAX_TEXT_BYTES``, no sheet row may
+    lie past ``limits.rows`` data rows (or the spreadsheet's last row), no
+    cell past column ``XLSX_LAST_COLUMN``, and no XML may declare entities.
+    Each is ``invalid_input``. CSV files need no such check: their rows are
+    counted as they are read, and the ``csv`` module bounds a field.
+    """
+    if extension != "xlsx":
+        return
+    start = stream.tell()
+    try:
+        try:
+            archive = zipfile.ZipFile(stream)
+            members = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            raise Refusal("invalid_input", "The file is not a readable XLSX workbook.") from None
+        if len(members) > XLSX_MAX_MEMBERS:
+            raise Refusal("invalid_input", f"The XLSX workbook holds more than {XLSX_MAX_MEMBERS} parts.")
+        unpacked = sum(member.file_size for member in members)
+        if limits.unpacked_bytes is not None and unpacked > limits.unpacked_bytes:
+            raise Refusal(
+                "invalid_input",
+                f"The XLSX workbook unpacks to {unpacked / 2**20:.0f} MiB; at most"
+                f" {limits.unpacked_bytes / 2**20:.0f} MiB are read here.{_LARGER_FILES}",
+            )
+        for member in members:
+            if member.filename.endswith((".xml", ".rels")):
+                _check_xml(archive, member, limits)
+    finally:
+        stream.seek(start)
+
+
+_LARGER_FILES = " Import larger files on the server with: flask --app bagtrack import bags|bills FILE"
+
+
+def _check_xml(archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: FileLimits) -> None:
+    sheet = member.filename.startswith("xl/worksheets/")
+    # The unfinished tag at the end of a block is read again with the next one.
+    carried = b""
+    try:
+        with archive.open(member) as part:
+            while block := part.read(XLSX_BLOCK_BYTES):
+                text = carried + block
+                if b"<!DOCTYPE" in text or b"<!ENTITY" in text:
+                    raise Refusal("invalid_input", "The XLSX workbook declares XML entities; it is not read.")
+                if max(map(len, text.split(b"<"))) > XLSX_MAX_TEXT_BYTES:
+                    raise Refusal(
+                        "invalid_input",
+                        f"A cell of the XLSX workbook holds more than {XLSX_MAX_TEXT_BYTES // 1024} KiB of text.",
+                    )
+                if sheet:
+                    _check_sheet_text(text, limits)
+                carried = text[text.rfind(b"<") :] if b"<" in text else b""
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError):
+        raise Refusal("invalid_input", "The XLSX workbook is damaged.") from None
+
+
+def _check_sheet_text(text: bytes, limits: FileLimits) -> None:
+    last_row = max(map(int, XLSX_ROW_NUMBER.findall(text)), default=0)
+    if limits.rows is not None and last_row > limits.rows + 1:
+        raise Refusal("invalid_input", _too_many_rows(limits.rows))
+    if last_row > XLSX_LAST_ROW:
+        raise Refusal("invalid_input", f"The XLSX sheet has rows past row {XLSX_LAST_ROW:,}.")
+    for letters in set(XLSX_CELL_COLUMN.findall(text)):
+        if len(letters) > 2 or _column_index(letters) > XLSX_LAST_COLUMN:
+            raise Refusal("invalid_input", f"The XLSX sheet has cells past column {XLSX_LAST_COLUMN}.")
+
+
+def _column_index(letters: bytes) -> int:
+    index = 0
+    for letter in letters:
+        index = index * 26 + letter - ord("A") + 1
+    return index
+
+
+def _too_many_rows(rows: int) -> str:
+    return f"The file has more than {rows:,} rows, more than are imported here.{_LARGER_FILES}"
+
+
 def _row_estimate(stream: BinaryIO, extension: str) -> int | None:
     """Data rows for a progress bar: a CSV's lines (counted in blocks), an XLSX's recorded dimension."""
     start = stream.tell()
@@ -227,10 +333,13 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-def _open_table(stream: BinaryIO, extension: str, columns: tuple[str, ...]) -> Iterator[tuple[int, dict | None]]:
+def _open_table(
+    stream: BinaryIO, extension: str, columns: tuple[str, ...], limits: FileLimits
+) -> Iterator[tuple[int, dict | None]]:
     """Check the header now; then each non-blank data row as (row number, {column: text}).
 
     A row with more cells than the header has columns comes as (row number, None).
+    A row past ``limits.rows`` data rows (blank ones included) refuses the file.
     """
     rows = _xlsx_rows(stream) if extension == "xlsx" else _csv_rows(stream)
     try:
@@ -238,7 +347,7 @@ def _open_table(stream: BinaryIO, extension: str, columns: tuple[str, ...]) -> I
     except BaseException:
         rows.close()
         raise
-    return _data_rows(rows, names)
+    return _data_rows(rows, names, limits.rows)
 
 
 def _header(header: list[str] | None, columns: tuple[str, ...]) -> list[str]:
@@ -257,10 +366,12 @@ def _header(header: list[str] | None, columns: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _data_rows(rows: Iterator[list[str]], names: list[str]) -> Iterator[tuple[int, dict | None]]:
+def _data_rows(rows: Iterator[list[str]], names: list[str], most: int | None) -> Iterator[tuple[int, dict | None]]:
     width = len(names)
     try:
         for row_no, cells in enumerate(rows, start=2):
+            if most is not None and row_no > most + 1:
+                raise Refusal("invalid_input", _too_many_rows(most))
             if not any(cell.strip() for cell in cells):
                 continue
             if any(cell.strip() for cell in cells[width:]):
@@ -292,7 +403,10 @@ def _xlsx_rows(stream: BinaryIO) -> Iterator[list[str]]:
     except Exception:
         raise Refusal("invalid_input", "The file is not a readable XLSX workbook.") from None
     try:
-        for values in workbook.active.iter_rows(values_only=True):
+        sheet = workbook.active
+        # The recorded size is the file's claim, not its content: rows are read as they come.
+        sheet.reset_dimensions()
+        for values in sheet.iter_rows(values_only=True):
             yield [_cell_text(value) for value in values]
     except (zipfile.BadZipFile, KeyError, ValueError):
         raise Refusal("invalid_input", "The XLSX workbook is damaged.") from None
@@ -363,9 +477,7 @@ class BagLayout:
         )
         _execute(connection, "CREATE TEMPORARY TABLE import_fill (parent_qr VARCHAR(64) PRIMARY KEY, children BIGINT)")
         _execute(connection, VERDICT_TABLE)
-        self.writer = (
-            PostgresWriter(connection) if connection.dialect.name == "postgresql" else SqliteWriter(connection)
-        )
+        self.writer = writer_for(connection)
 
     def drop_stage(self, connection) -> None:
         for table in ("import_bag", "import_fill", "import_verdict"):

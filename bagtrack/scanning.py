@@ -22,7 +22,7 @@ from .access import area_scope, may_see_area
 from .audit import record
 from .codes import normalise, require_kind
 from .errors import Refusal
-from .ledger import count_scan, in_transaction, insert_ignoring_duplicates
+from .ledger import add_to_tally, count_scan, in_transaction, insert_ignoring_duplicates
 from .models import AreaRef, Bag, DispatchArea, User, utcnow
 
 
@@ -157,8 +157,12 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
     parent is a success with ``duplicate`` and changes nothing, even on a full
     or billed parent; a parent on a bill is frozen (``parent_on_bill``); a
     child in another parent is refused (``child_in_other_parent``); a complete
-    parent is ``parent_full``. An unknown child is created. The child that
-    fills the parent to capacity completes it in the same transaction.
+    parent is ``parent_full``. An unknown child is created. A loose child
+    outside a dispatcher's area is ``not_found`` (404, like any bag of
+    another area); a biller or admin may move one into a parent of another
+    area, and the child then counts in the parent's area, not its old one.
+    The child that fills the parent to capacity completes it in the same
+    transaction.
     """
 
     def work() -> ChildScan:
@@ -228,15 +232,25 @@ def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) 
             else:
                 message = f"Child bag {child.qr} is already packed in another area."
             raise Refusal("child_in_other_parent", message, qr=child.qr, parent=parent)
+        if not may_see_area(user, child.area_id):
+            # A loose child of another area is as unknown to a dispatcher as any of its bags.
+            raise Refusal(
+                "not_found", f"Child bag {child.qr} was not found in your dispatch area.", qr=child.qr, parent=parent
+            )
         _refuse_unless_parent_takes_children(parent, child.qr)
-        # A loose child: just created, or packed before and taken out again.
+        # A loose child: just created, or packed before and taken out again. It takes the parent's area.
+        moved_from = child.area_id if child.area_id != parent.area_id else None
         child.parent_id = parent.id
         child.status = "packed"
         child.area_id = parent.area_id
         child.linked_by_id = user.id
         child.linked_at = utcnow()
         session.flush()
-        _count_child_in(session, user, parent, child, created=created)
+        if moved_from is not None:
+            # Counted in its old area until now; the scan below counts it in the parent's. Two tally
+            # rows in one transaction could deadlock with another such move, which is then retried.
+            add_to_tally(session, moved_from, children=-1)
+        _count_child_in(session, user, parent, child, created=created, moved=moved_from is not None)
         return ChildScan(parent, child, created=created, duplicate=False)
 
     return in_transaction(session, work, user=user, scan_kind="child")
@@ -315,18 +329,21 @@ def _set_child_count(session, parent_id: int, child_count: int) -> None:
     session.connection().execute(_PARENT_COUNT_UPDATE, {"parent": parent_id, "new_count": child_count})
 
 
-def _count_child_in(session, user: User, parent: Bag, child: Bag, *, created: bool) -> None:
+def _count_child_in(session, user: User, parent: Bag, child: Bag, *, created: bool, moved: bool = False) -> None:
     """Count a newly linked child in its (locked) parent, completing it at capacity."""
     child_count = parent.child_count + 1
     _set_child_count(session, parent.id, child_count)
     set_committed_value(parent, "child_count", child_count)
     set_committed_value(parent, "status", "complete" if child_count >= parent.capacity else "open")
-    _log_child_scan(session, user, parent, child, created=created)
+    _log_child_scan(session, user, parent, child, created=created, moved=moved)
 
 
-def _log_child_scan(session, user: User, parent: Bag | OpenParent, child: Bag | NewChild, *, created: bool) -> None:
-    completed = parent.status == "complete"
-    count_scan(session, user, "child", parent=parent, bag=child, children=int(created), parents_complete=int(completed))
+def _log_child_scan(
+    session, user: User, parent: Bag | OpenParent, child: Bag | NewChild, *, created: bool, moved: bool = False
+) -> None:
+    """Log the child scan; the parent's area counts the child when it is new there (created, or moved in)."""
+    new_here, completed = int(created or moved), int(parent.status == "complete")
+    count_scan(session, user, "child", parent=parent, bag=child, children=new_here, parents_complete=completed)
 
 
 def _refuse_unless_parent_takes_children(parent: Bag, child_qr: str, *, check_full: bool = True) -> None:

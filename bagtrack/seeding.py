@@ -1,7 +1,8 @@
 """Demo and benchmark data: areas, users, parents full of children, bills and a scan log.
 
 Rows are generated in Python and streamed to the database in chunks
-(PostgreSQL ``COPY``, SQLite batched inserts), so memory stays flat whatever
+(PostgreSQL ``COPY``, or multi-row inserts where ``COPY`` cannot run, see
+:func:`writer_for`; SQLite batched inserts), so memory stays flat whatever
 the size. Bag ids are reserved up front, so parents, children and scans
 reference one another without round trips; every counter is written already
 consistent with the rows, and the dashboard tally is then added to with one
@@ -181,7 +182,7 @@ def seed(
     session.rollback()
 
     with db.engine.begin() as connection:
-        writer = PostgresWriter(connection) if connection.dialect.name == "postgresql" else SqliteWriter(connection)
+        writer = writer_for(connection)
         writer.lock()
         plan = _plan(connection, parents=parents, bills=bills, rng=random.Random(seed_value))
         advance = progress(plan.parents + plan.children + plan.scans) if progress is not None else None
@@ -519,6 +520,24 @@ def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
         producer.join()
 
 
+def writer_for(connection) -> PostgresWriter | PostgresInsertWriter | SqliteWriter:
+    """The writer for bulk rows on ``connection``: ``COPY`` on PostgreSQL when it can run, else inserts.
+
+    Under gevent (gunicorn's workers) psycopg2 has psycogreen's wait callback,
+    and ``COPY`` refuses to run with one. Setting the callback aside for the
+    ``COPY`` would block every request of the worker until it ends, so there
+    the rows go in with multi-row ``INSERT`` statements instead, which wait
+    cooperatively; only the command line (no callback) uses ``COPY``.
+    """
+    if connection.dialect.name != "postgresql":
+        return SqliteWriter(connection)
+    import psycopg2.extensions
+
+    if psycopg2.extensions.get_wait_callback() is not None:
+        return PostgresInsertWriter(connection)
+    return PostgresWriter(connection)
+
+
 class PostgresWriter:
     """Streams rows with ``COPY ... FROM STDIN`` on the transaction's own connection."""
 
@@ -575,6 +594,24 @@ class PostgresWriter:
     def analyze(self) -> None:
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.execute(text("ANALYZE bag, bill, scan, tally"))
+
+
+class PostgresInsertWriter(PostgresWriter):
+    """Rows as multi-row ``INSERT`` statements: for connections that wait cooperatively, where ``COPY`` cannot run."""
+
+    PAGE_ROWS = 1000
+
+    @staticmethod
+    def encode(chunk: tuple[str, tuple[str, ...], list[tuple]]) -> tuple[str, tuple[str, ...], int, list[tuple]]:
+        table, columns, rows = chunk
+        return table, columns, len(rows), rows
+
+    def write(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        from psycopg2.extras import execute_values
+
+        execute_values(
+            self.cursor, f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s", rows, page_size=self.PAGE_ROWS
+        )
 
 
 class SqliteWriter:

@@ -20,6 +20,8 @@ HTTP_CODES = {
     405: ("method_not_allowed", "That method is not allowed here."),
     413: ("too_large", "The request is too large."),
     429: ("rate_limited", "Too many requests; slow down and try again shortly."),
+    500: ("internal_error", "Something went wrong on our side; the error is logged. Try again in a moment."),
+    503: ("unavailable", "The service is busy; try again in a few seconds."),
 }
 # Seconds a client should wait after a 503 (the pool and connect timeouts are a few seconds).
 RETRY_AFTER_S = 5
@@ -156,7 +158,14 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def on_http_error(error: HTTPException):
-        code, message = HTTP_CODES.get(error.code, ("invalid_input", error.description or "Bad request."))
+        status = error.code or 500
+        if status in HTTP_CODES:
+            code, message = HTTP_CODES[status]
+        elif status < 500:
+            code, message = "invalid_input", error.description or "Bad request."
+        else:
+            # A server error is never the client's fault: no 4xx code, no description of the failure.
+            code, message = HTTP_CODES[500]
         if (
             error.code in (400, 403, 404)
             and error.description
@@ -166,7 +175,7 @@ def init_app(app: Flask) -> None:
         headers = dict(error.get_headers()) if error.code == 405 else None
         if headers:
             headers.pop("Content-Type", None)
-        return error_page(code, message, error.code or 500, headers)
+        return error_page(code, message, status, headers)
 
     @app.context_processor
     def inject_user_roles():

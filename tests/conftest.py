@@ -41,7 +41,7 @@ DATABASE_URL = os.environ.get("DATABASE_URL")
 REDIS_URL = os.environ.get("REDIS_URL")
 # Settings are read from the environment before the test config applies; with
 # DATABASE_URL set (production mode) they need a secret key.
-os.environ.setdefault("SECRET_KEY", "test-secret")
+os.environ.setdefault("SECRET_KEY", "test-secret-test-secret-test-secret")
 REQUIRE_BACKENDS = os.environ.get("BAGTRACK_REQUIRE_BACKENDS") == "1"
 NO_SKIPS = os.environ.get("CI") == "true"
 
@@ -115,7 +115,7 @@ def database_url(tmp_path_factory):
 def base_config(database_url):
     config = {
         "TESTING": True,
-        "SECRET_KEY": "test-secret",
+        "SECRET_KEY": "test-secret-test-secret-test-secret",
         "SQLALCHEMY_DATABASE_URI": database_url,
         "CACHE_KEY_PREFIX": f"bagtrack-test-{uuid.uuid4().hex[:8]}:",
         "RATELIMIT_ENABLED": False,

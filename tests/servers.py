@@ -20,6 +20,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
+from conftest import CSRF_META, JSON
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -113,7 +115,7 @@ def flask_command(database_url: str, *args: str, environment: dict | None = None
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "bagtrack", *args],
         cwd=ROOT,
-        env={**os.environ, "SECRET_KEY": "scratch-secret", **(environment or {}), "DATABASE_URL": database_url},
+        env={**os.environ, "SECRET_KEY": "scratch-secret-" * 3, **(environment or {}), "DATABASE_URL": database_url},
         capture_output=True,
         text=True,
         timeout=120,
@@ -208,3 +210,20 @@ class Gunicorn:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def http_login(base: str, username: str, password: str) -> requests.Session:
+    """A browser-like session logged in through the form; later posts send the CSRF token header."""
+    session = requests.Session()
+    page = session.get(f"{base}/login", timeout=5)
+    token = CSRF_META.search(page.text).group(1)
+    response = session.post(
+        f"{base}/login",
+        data={"username": username, "password": password, "csrf_token": token},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert response.status_code == 303, response.text
+    token = CSRF_META.search(session.get(f"{base}/scan", timeout=5).text).group(1)
+    session.headers.update({"X-CSRFToken": token, **JSON})
+    return session

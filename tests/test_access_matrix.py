@@ -425,14 +425,7 @@ def test_scanning_into_another_areas_parent_changes_nothing(floor_a, floor):
 
 # A dispatcher of area A taking area B's bags into area A's: refused without naming them, and harmless.
 ACROSS_AREAS = [
-    pytest.param(
-        "/scan/child",
-        {"parent": "{a[parent]}", "qr": "{b[loose]}"},
-        marks=pytest.mark.xfail(
-            strict=True, reason="a dispatcher can scan another area's loose child into a parent of their own area"
-        ),
-        id="B's loose child into A's parent",
-    ),
+    pytest.param("/scan/child", {"parent": "{a[parent]}", "qr": "{b[loose]}"}, id="B's loose child into A's parent"),
     pytest.param("/scan/child", {"parent": "{a[parent]}", "qr": "{b[child]}"}, id="B's packed child into A's parent"),
 ]
 
@@ -446,6 +439,22 @@ def test_another_areas_bags_cannot_be_taken_into_the_own_area(floor_a, floor, pa
     assert body["ok"] is False
     assert visible_codes(body["message"], area_b_codes() - {floor["b"][name] for name in ("loose", "child")}) == set()
     assert_changed_nothing(before, stored_rows())
+
+
+def test_another_areas_loose_child_stays_there_and_the_invariants_hold(app, floor_a, floor):
+    floor_b = logged_in(app, "floor-b")
+    packed = floor_b.post("/scan/child", data={"parent": floor["b"]["parent"], "qr": "ROAMER01"}, headers=JSON)
+    undone = floor_b.post("/scan/undo", data={"parent": floor["b"]["parent"]}, headers=JSON)
+    assert (packed.status_code, undone.status_code) == (201, 200)
+
+    taken = floor_a.post("/scan/child", data={"parent": floor["a"]["parent"], "qr": "ROAMER01"}, headers=JSON)
+
+    assert taken.status_code == 404 and taken.get_json()["error"] == "not_found"
+    assert floor["b"]["parent"] not in taken.get_json()["message"] and "SOUTH" not in taken.get_json()["message"]
+    assert floor_b.get("/api/bags/ROAMER01").status_code == 200
+    assert floor_a.get("/api/bags/ROAMER01").status_code == 404
+    checked = app.test_cli_runner().invoke(args=["check", "--invariants"])
+    assert checked.exit_code == 0 and "OK    invariants: all hold" in checked.output, checked.output
 
 
 # Logging in: where it lands, and which cookies it honours

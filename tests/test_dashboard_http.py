@@ -134,3 +134,15 @@ def test_scan_log_is_scoped_to_the_dispatchers_area(dispatcher, biller, make_par
     assert set(scan_ids(page)) == north_ids
     assert "SB00002" not in page.get_data(as_text=True)
     assert len(scan_ids(biller.get("/scans"))) == 4
+
+
+def test_bill_figures_are_left_out_for_a_dispatcher(dispatcher, biller, make_bill):
+    make_bill("B-1")
+
+    mine = dispatcher.get("/api/stats").get_json()
+    office = biller.get("/api/stats").get_json()
+
+    assert "bills" not in mine and set(mine) == {"bags", "parents", "scans", "generated_at"}
+    assert office["bills"] == {"open": 1, "closed": 0}
+    assert "bills-open" not in figures(dispatcher) and "bills closed" not in dispatcher.get("/").get_data(as_text=True)
+    assert figures(biller)["bills-open"] == 1

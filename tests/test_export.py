@@ -193,3 +193,46 @@ def test_export_page_links_what_the_user_may_export(login_as, client, make_user)
     assert "bills.csv" not in dispatcher_page
     assert 'data-export="bills.csv"' in admin_page
     assert client.get("/exports/bags.csv").status_code == 302
+
+
+def test_http_export_refuses_days_out_of_range_before_streaming(login_as, make_user):
+    admin = login_as(make_user("boss", role="admin", area=None))
+
+    answers = [
+        admin.get(f"/exports/{what}?{query}", headers=JSON)
+        for what in ("scans.csv", "bags.xlsx")
+        for query in ("from=9999-12-01&to=9999-12-31", "from=0001-01-01&to=0001-01-05", "to=0001-01-03",
+                      "from=9999-12-31")
+    ]  # fmt: skip
+
+    assert [answer.status_code for answer in answers] == [400] * len(answers)
+    assert {answer.get_json()["error"] for answer in answers} == {"invalid_input"}
+    assert "from 1970-01-01 to 2999-12-31" in answers[0].get_json()["message"]
+    assert db.session.scalars(select(AuditEntry.action)).all() == []
+
+
+def test_cli_export_refuses_days_out_of_range(runner):
+    result = runner.invoke(args=["export", "bags", "--from", "9999-12-01"])
+
+    assert result.exit_code == 1
+    assert result.output == "Error: 'from' must be a day from 1970-01-01 to 2999-12-31, not 9999-12-01.\n"
+
+
+def test_csv_exports_neutralise_every_cell_a_spreadsheet_could_run(runner, login_as, make_user, make_bill):
+    admin = login_as(make_user("boss", role="admin", area=None))
+    make_bill("-A1", destination="Dock 4;=1+1", vehicle_no="@SUM(A1)", description="line one\n-2+3")
+
+    text = admin.get("/exports/bills.csv").get_data(as_text=True)
+    cli = runner.invoke(args=["export", "bills", "-o", "-"]).stdout
+
+    assert rows_of(text) == rows_of(cli)
+    # Every text field is quoted; where a spreadsheet splitting on ';' or tabs would start a cell, no formula starts.
+    assert '"Dock 4;\'=1+1"' in text and '"line one\n\'-2+3"' in text
+    assert '"\'-A1"' in text and '"\'@SUM(A1)"' in text
+    (row,) = rows_of(text)
+    assert (row["bill_no"], row["destination"], row["vehicle_no"]) == ("'-A1", "Dock 4;'=1+1", "'@SUM(A1)")
+    # Numbers stay numbers.
+    assert '"open",0,10,0,0.0,300.0,' in text
+    for separator in (";", "\t"):
+        for line in csv.reader(io.StringIO(text), delimiter=separator):
+            assert not any(cell.startswith(("=", "+", "-", "@")) for cell in line), line

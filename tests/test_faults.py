@@ -15,9 +15,9 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from conftest import CSRF_META, JSON, PASSWORD, BagtrackClient, log_in
+from conftest import JSON, PASSWORD, BagtrackClient, log_in
 from redis import Redis
-from servers import Gunicorn, RedisServer, free_port, redis_server, scratch_database
+from servers import Gunicorn, RedisServer, free_port, http_login, redis_server, scratch_database
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
@@ -488,23 +488,6 @@ GRACEFUL_TIMEOUT_S = 10
 CLIENTS = 8
 
 
-def http_login(base: str, username: str, password: str) -> requests.Session:
-    """A browser-like session logged in through the form; later posts send the CSRF token header."""
-    session = requests.Session()
-    page = session.get(f"{base}/login", timeout=5)
-    token = CSRF_META.search(page.text).group(1)
-    response = session.post(
-        f"{base}/login",
-        data={"username": username, "password": password, "csrf_token": token},
-        allow_redirects=False,
-        timeout=5,
-    )
-    assert response.status_code == 303, response.text
-    token = CSRF_META.search(session.get(f"{base}/scan", timeout=5).text).group(1)
-    session.headers.update({"X-CSRFToken": token, **JSON})
-    return session
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_gunicorn_finishes_every_scan_in_flight_on_sigterm(make_app, database_url, tmp_path):
@@ -520,7 +503,7 @@ def test_gunicorn_finishes_every_scan_in_flight_on_sigterm(make_app, database_ur
             assert result.exit_code == 0, result.output
         environment = {
             "DATABASE_URL": scratch_url,
-            "SECRET_KEY": "sigterm-test-secret",
+            "SECRET_KEY": "sigterm-test-secret-sigterm-test-secret",
             "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT_S),
             "BAGTRACK_LIMIT_SCAN": "100000/minute",
         }

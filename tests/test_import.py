@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 
-from conftest import JSON
+import pytest
+from conftest import JSON, PASSWORD, log_in
 from openpyxl import Workbook
+from servers import Gunicorn, http_login
 from sqlalchemy import func, select
 
 from bagtrack import billing, importing, stats
+from bagtrack.exports import views as exports_views
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
 from bagtrack.models import AuditEntry, Bag, Bill, Scan, User
@@ -157,7 +161,7 @@ def test_import_bags_from_xlsx_reads_numbers_as_codes(runner, tmp_path, make_are
 
     assert result.exit_code == 2, result.output
     assert refusals(result.output) == [(4, "invalid_qr")]
-    assert (tmp_path / "report.csv").read_text(encoding="utf-8").startswith("row,code,message\n4,invalid_qr,")
+    assert (tmp_path / "report.csv").read_text(encoding="utf-8").startswith('"row","code","message"\n4,"invalid_qr",')
     reload()
     assert bag("12345678").parent_id == bag("SB40001").id
     assert find_violations(db.session) == []
@@ -265,7 +269,8 @@ def test_admin_imports_an_upload_over_one_mebibyte(login_as, make_user, make_are
     make_area("NORTH")
     admin = login_as(make_user("boss", role="admin", area=None))
     # Blank rows are skipped; they make the upload bigger than the 1 MiB other routes accept.
-    content = BAG_HEADER + "SB80001,parent,NORTH,\nC8000001,child,,SB80001\nSB8-1,parent,NORTH,\n" + ",,,\n" * 300_000
+    blank_rows = ("," * 2000 + "\n") * 600
+    content = BAG_HEADER + "SB80001,parent,NORTH,\nC8000001,child,,SB80001\nSB8-1,parent,NORTH,\n" + blank_rows
     assert len(content) > 1024 * 1024
 
     page = admin.post("/admin/import", data=csv_upload(content), content_type="multipart/form-data")
@@ -320,3 +325,190 @@ def test_a_bulk_import_checks_foreign_keys_once_and_stays_consistent(runner, tmp
     assert (bag("SB90001").status, bag("SB10001").child_count) == ("complete", 2)
     assert find_violations(db.session) == []
     assert stats.dashboard_figures(db.session, None)["bags"] == {"parents": 2, "children": 32}
+
+
+def xlsx_bytes(rows: list[tuple]) -> bytes:
+    workbook = Workbook()
+    for row in rows:
+        workbook.active.append(row)
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_the_import_page_imports_under_gunicorn_with_gevent(database_url, make_user, make_area, tmp_path):
+    make_area("NORTH")
+    make_user("boss", role="admin", area=None)
+    server = Gunicorn(tmp_path / "gunicorn.log", {"DATABASE_URL": database_url, "REDIS_URL": ""}, "-w", "1")
+    try:
+        admin = http_login(server.base, "boss", PASSWORD)
+        bags = admin.post(
+            f"{server.base}/admin/import",
+            data={"kind": "bags"},
+            files={"file": ("bags.csv", BAG_HEADER + "SB70001,parent,NORTH,\nC7000001,child,,SB70001\n")},
+            timeout=30,
+        )
+        sheet = xlsx_bytes([("bill_no", "capacity", "destination", "vehicle_no", "description", "status", "parents"),
+                            ("B-70", 2, "Dock 1", "", "", "open", "SB70001")])  # fmt: skip
+        bills = admin.post(
+            f"{server.base}/admin/import", data={"kind": "bills"}, files={"file": ("bills.xlsx", sheet)}, timeout=30
+        )
+        page = admin.post(
+            f"{server.base}/admin/import",
+            data={"kind": "bags"},
+            files={"file": ("more.csv", BAG_HEADER + "C7000002,child,NORTH,\n")},
+            headers={"Accept": "text/html"},
+            timeout=30,
+        )
+    finally:
+        server.kill()
+
+    assert (bags.status_code, bags.json().get("imported")) == (201, 2), bags.text
+    assert (bills.status_code, bills.json().get("imported")) == (201, 1), bills.text
+    assert page.status_code == 200 and "Imported 1 bags, refused 0." in page.text
+    reload()
+    assert bag("C7000001").parent_id == bag("SB70001").id and bag("SB70001").child_count == 1
+    assert db.session.scalars(select(Bill.parent_count).where(Bill.bill_no == "B-70")).one() == 1
+    assert find_violations(db.session) == []
+
+
+def test_an_unexpected_failure_answers_500_with_an_internal_error_code(make_app, make_user, monkeypatch):
+    app = make_app(PROPAGATE_EXCEPTIONS=False)
+    with app.app_context():
+        admin = log_in(app, make_user("boss", role="admin", area=None))
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("the import broke")
+
+        monkeypatch.setitem(exports_views.IMPORTERS, "bags", broken)
+        answer = admin.post("/admin/import", data=csv_upload(BAG_HEADER), headers=JSON)
+        page = admin.post("/admin/import", data=csv_upload(BAG_HEADER), content_type="multipart/form-data")
+
+    assert answer.status_code == 500
+    assert answer.get_json()["error"] == "internal_error" and "the import broke" not in answer.get_data(as_text=True)
+    assert page.status_code == 500 and "internal_error" in page.get_data(as_text=True)
+
+
+@pytest.mark.postgres
+def test_seed_import_export_and_prune_run_where_psycopg2_waits_cooperatively(runner, tmp_path):
+    """As in a gevent worker: psycopg2 has a wait callback, and COPY refuses to run with one."""
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    db.engine.dispose()
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    try:
+        seeded = runner.invoke(args=["seed", "--parents", "3", "--areas", "1"])
+        path = write(tmp_path, "bags.csv", BAG_HEADER + "SB90001,parent,A1,\nC9000001,child,,SB90001\n")
+        imported = runner.invoke(args=["import", "bags", str(path)])
+        exported = runner.invoke(args=["export", "bags", "-o", "-"])
+        pruned = runner.invoke(args=["prune", "--older-than", "1"])
+    finally:
+        psycopg2.extensions.set_wait_callback(None)
+        db.session.remove()
+        db.engine.dispose()
+
+    assert [result.exit_code for result in (seeded, imported, exported, pruned)] == [0] * 4, imported.output
+    assert "Imported 2 bags, refused 0" in imported.output and "C9000001" in exported.stdout
+    assert count(Bag) == 2 + count(Bag, Bag.qr.like("SB0%")) + count(Bag, Bag.qr.like("C0%"))
+    assert find_violations(db.session) == []
+
+
+def sheet_xml(rows: list[tuple[int, tuple[str, ...]]], *, dimension: str = "A1:D3", columns=("A", "B", "C", "D"),
+              prologue: str = "") -> str:  # fmt: skip
+    """A worksheet written by hand, as a hostile file would be: inline strings, any row and column numbers."""
+
+    def cell(column: str, number: int, value: str) -> str:
+        return f'<c r="{column}{number}" t="inlineStr"><is><t>{value}</t></is></c>'
+
+    body = "".join(
+        f'<row r="{number}">' + "".join(map(cell, columns, [number] * len(values), values)) + "</row>"
+        for number, values in rows
+    )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>{prologue}<worksheet'
+        ' xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+        f'<dimension ref="{dimension}"/><sheetData>{body}</sheetData></worksheet>'
+    )
+
+
+def workbook_with(sheet: str, **extra_members: bytes) -> bytes:
+    """A real workbook whose first sheet is replaced by ``sheet`` (and with ``extra_members`` added)."""
+    source = zipfile.ZipFile(io.BytesIO(xlsx_bytes([("qr",)])))
+    target = io.BytesIO()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for item in source.infolist():
+            replaced = item.filename == "xl/worksheets/sheet1.xml"
+            archive.writestr(item.filename, sheet.encode() if replaced else source.read(item))
+        for name, content in extra_members.items():
+            archive.writestr(name.replace("__", "/"), content)
+    return target.getvalue()
+
+
+HEADER_ROW = (1, ("qr", "kind", "area", "parent"))
+
+
+def test_hostile_workbooks_are_refused_before_they_are_read(login_as, make_user, make_area):
+    make_area("NORTH")
+    admin = login_as(make_user("boss", role="admin", area=None))
+    good_row = (2, ("SB60001", "parent", "NORTH", ""))
+    hostile = {
+        "huge cell": workbook_with(sheet_xml([HEADER_ROW, (2, ("SB60002", "parent", "NORTH", "x" * 300_000))])),
+        "huge when unpacked": workbook_with(sheet_xml([HEADER_ROW, good_row]), xl__media__junk_bin=bytes(40 << 20)),
+        "row 100,000,000": workbook_with(sheet_xml([HEADER_ROW, good_row, (100_000_000, ("SB60003", "parent"))])),
+        "far column": workbook_with(sheet_xml([HEADER_ROW, (2, ("SB60004", "x"))], columns=("A", "XFD"))),
+        "entities": workbook_with(sheet_xml([HEADER_ROW, good_row], prologue='<!DOCTYPE x [<!ENTITY a "aaaa">]>')),
+    }
+    answers = {
+        name: admin.post(
+            "/admin/import", data={"kind": "bags", "file": (io.BytesIO(content), "bags.xlsx")}, headers=JSON
+        )
+        for name, content in hostile.items()
+    }
+    # A sheet claiming rows it does not have (its recorded size) is read by its rows.
+    lying = workbook_with(sheet_xml([HEADER_ROW, good_row], dimension="A1:XFD100000000"))
+    imported = admin.post(
+        "/admin/import", data={"kind": "bags", "file": (io.BytesIO(lying), "bags.xlsx")}, headers=JSON
+    )
+
+    assert {name: (answer.status_code, answer.get_json()["error"]) for name, answer in answers.items()} == {
+        name: (400, "invalid_input") for name in hostile
+    }
+    messages = {name: answer.get_json()["message"] for name, answer in answers.items()}
+    assert messages["huge cell"] == "A cell of the XLSX workbook holds more than 256 KiB of text."
+    assert messages["huge when unpacked"].startswith("The XLSX workbook unpacks to 40 MiB; at most 32 MiB")
+    assert messages["row 100,000,000"].startswith("The file has more than 20,000 rows")
+    assert messages["far column"] == "The XLSX sheet has cells past column 64."
+    assert messages["entities"] == "The XLSX workbook declares XML entities; it is not read."
+    assert (imported.status_code, imported.get_json()["imported"]) == (201, 1), imported.get_json()
+    assert count(Bag) == 1
+    assert db.session.scalars(select(AuditEntry.action)).all() == ["import.bags"]
+
+
+def test_the_import_page_sends_files_over_its_row_limit_to_the_command_line(make_app, make_user, make_area, tmp_path):
+    app = make_app(BAGTRACK_IMPORT_PAGE_MAX_ROWS=5)
+    make_area("NORTH")
+    rows = "".join(f"SB6{number:04d},parent,NORTH,\n" for number in range(6))
+    with app.app_context():
+        admin = log_in(app, make_user("boss", role="admin", area=None))
+        page = admin.get("/admin/import").get_data(as_text=True)
+        too_many = admin.post("/admin/import", data=csv_upload(BAG_HEADER + rows), headers=JSON)
+        sheet = xlsx_bytes([HEADER_ROW[1]] + [(f"SB6{number:04d}", "parent", "NORTH", "") for number in range(6)])
+        too_many_xlsx = admin.post(
+            "/admin/import", data={"kind": "bags", "file": (io.BytesIO(sheet), "bags.xlsx")}, headers=JSON
+        )
+        five = admin.post("/admin/import", data=csv_upload(BAG_HEADER + rows.split("\n", 1)[1]), headers=JSON)
+        six = BAG_HEADER + rows.replace("SB6", "SB7")
+        cli = app.test_cli_runner().invoke(args=["import", "bags", str(write(tmp_path, "six.csv", six))])
+
+    assert "This page takes files of up to 5 rows" in page
+    for answer in (too_many, too_many_xlsx):
+        assert (answer.status_code, answer.get_json()["error"]) == (400, "invalid_input")
+        assert answer.get_json()["message"] == (
+            "The file has more than 5 rows, more than are imported here. Import larger files on the server with:"
+            " flask --app bagtrack import bags|bills FILE"
+        )
+    assert (five.status_code, five.get_json()["imported"]) == (201, 5)
+    assert cli.exit_code == 0 and "Imported 6 bags, refused 0" in cli.output, cli.output

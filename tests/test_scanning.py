@@ -318,6 +318,54 @@ def test_child_in_another_parent_of_the_same_area_names_it(operator):
     assert fresh_bag("SB00002").child_count == 0
 
 
+def area_children(code: str) -> int:
+    return stats.dashboard_figures(db.session, db.session.scalar(text("select id from dispatch_area where code = :c"),
+                                                                  {"c": code}))["bags"]["children"]  # fmt: skip
+
+
+def test_a_dispatcher_cannot_take_another_areas_loose_child(operator, make_user, runner):
+    south = make_user("south-worker", area="SOUTH")
+    scanning.scan_parent(db.session, south, "SB00009")
+    scanning.scan_child(db.session, south, "SB00009", "C0001")
+    scanning.undo_last(db.session, south, "SB00009")
+    scanning.scan_parent(db.session, operator, "SB00001")
+
+    refusal = refused(scanning.scan_child, operator, "SB00001", "C0001")
+
+    assert (refusal.code, refusal.status) == ("not_found", 404)
+    assert refusal.message == "Child bag C0001 was not found in your dispatch area."
+    child = fresh_bag("C0001")
+    assert (child.status, child.parent_id, child.area.code) == ("loose", None, "SOUTH")
+    assert fresh_bag("SB00001").child_count == 0
+    # The refusal is logged in the dispatcher's own area, where the scan happened.
+    assert (last_scan().reason, last_scan().area_id) == ("not_found", operator.area_id)
+    # Its own area still has it.
+    assert scanning.scan_child(db.session, south, "SB00009", "C0001").duplicate is False
+    assert (area_children("NORTH"), area_children("SOUTH")) == (0, 1)
+    checked = runner.invoke(args=["check", "--invariants"])
+    assert checked.exit_code == 0 and "OK    invariants: all hold" in checked.output, checked.output
+
+
+def test_a_biller_moving_a_loose_child_to_another_area_moves_its_tally(operator, biller, make_user, runner):
+    south = make_user("south-worker", area="SOUTH")
+    scanning.scan_parent(db.session, south, "SB00009")
+    for child in ("C0001", "C0002"):
+        scanning.scan_child(db.session, south, "SB00009", child)
+    scanning.undo_last(db.session, south, "SB00009")
+    scanning.scan_parent(db.session, operator, "SB00001")
+    assert (area_children("NORTH"), area_children("SOUTH")) == (0, 2)
+
+    moved = scanning.scan_child(db.session, biller, "SB00001", "C0002")
+
+    assert (moved.created, moved.duplicate) == (False, False)
+    child = fresh_bag("C0002")
+    assert (child.status, child.parent_id, child.area.code) == ("packed", fresh_bag("SB00001").id, "NORTH")
+    assert (area_children("NORTH"), area_children("SOUTH")) == (1, 1)
+    assert stats.dashboard_figures(db.session, None)["bags"]["children"] == 2
+    checked = runner.invoke(args=["check", "--invariants"])
+    assert checked.exit_code == 0 and "OK    invariants: all hold" in checked.output, checked.output
+
+
 def test_child_in_a_parent_of_another_area_is_not_named_to_a_dispatcher(operator, biller, make_parent):
     south = make_parent("SB00009", area="SOUTH")
     scanning.scan_child(db.session, biller, "SB00009", "C0001")

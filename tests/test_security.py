@@ -273,3 +273,14 @@ def test_a_bad_proxy_fix_setting_is_refused(raw):
 def test_a_bad_rate_setting_is_refused():
     with pytest.raises(settings.ConfigError, match="BAGTRACK_LIMIT_SCAN"):
         settings.load({"BAGTRACK_LIMIT_SCAN": "lots"})
+
+
+@pytest.mark.parametrize("secret_key", ["x", "ci-only-not-secret", "a" * 31])
+def test_production_refuses_a_secret_key_shorter_than_32_characters(secret_key):
+    production = {"DATABASE_URL": "postgresql://db.example/bagtrack", "SECRET_KEY": secret_key}
+
+    with pytest.raises(settings.ConfigError, match="SECRET_KEY must be at least 32 characters"):
+        settings.load(production)
+    assert settings.load({**production, "SECRET_KEY": "a" * 32})["SECRET_KEY"] == "a" * 32
+    # The embedded default (no DATABASE_URL) is a developer's machine.
+    assert settings.load({"SECRET_KEY": secret_key})["SECRET_KEY"] == secret_key

@@ -53,7 +53,7 @@ def test_gunicorn_serves_and_stops_gracefully(database_url, migrated, tmp_path):
     environment = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "SECRET_KEY": "gunicorn-test-secret",
+        "SECRET_KEY": "gunicorn-test-secret-gunicorn-test-secret",
         # The command line wins over the file: this address must stay unused.
         "BAGTRACK_BIND": f"127.0.0.1:{ignored_port}",
     }

@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, request
 from flask_login import current_user, login_required
 
 from .. import queries
-from ..access import area_scope, may_see_area
+from ..access import area_scope, may_see_area, visible_figures
 from ..cache import dashboard_figures
 from ..codes import normalise
 from ..extensions import db
@@ -23,7 +23,7 @@ MAX_SCAN_PAGE = 200
 @bp.get("/stats")
 @login_required
 def stats():
-    return jsonify(dashboard_figures(db.session, area_scope(current_user)))
+    return jsonify(visible_figures(current_user, dashboard_figures(db.session, area_scope(current_user))))
 
 
 def _positive_int(name: str, default: int | None, maximum: int | None = None) -> int | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from contextlib import ExitStack
@@ -57,7 +56,7 @@ def _run_import(kind: str, path: str, errors_path: str | None) -> None:
             nonlocal report_writer
             if report_writer is None:
                 report_file = stack.enter_context(report_path.open("w", newline="", encoding="utf-8"))
-                report_writer = csv.writer(report_file)
+                report_writer = exporting.csv_writer(report_file)
                 report_writer.writerow(("row", "code", "message"))
             report_writer.writerow((refusal.row, refusal.code, refusal.message))
 

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, render_template
 from flask_login import current_user, login_required
 
 from .. import queries
-from ..access import area_scope
+from ..access import area_scope, visible_figures
 from ..cache import dashboard_figures
 from ..extensions import db
 from ..web import before_arg
@@ -21,7 +21,7 @@ RECENT_SCANS = 20
 def index():
     return render_template(
         "dashboard/index.html",
-        figures=dashboard_figures(db.session, area_scope(current_user)),
+        figures=visible_figures(current_user, dashboard_figures(db.session, area_scope(current_user))),
         scans=queries.scan_rows(db.session, current_user, limit=RECENT_SCANS),
     )
 

@@ -3,7 +3,7 @@ and the admin's import page."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
+from flask import Blueprint, Response, current_app, render_template, request, stream_with_context, url_for
 from flask_login import current_user, login_required
 
 from .. import exporting, importing
@@ -17,6 +17,8 @@ bp = Blueprint("exports", __name__)
 
 IMPORTERS = {"bags": importing.import_bags, "bills": importing.import_bills}
 PRIVATE = {"Cache-Control": "no-store"}
+# An XLSX the page reads unpacks to at most this much (its rows are limited by BAGTRACK_IMPORT_PAGE_MAX_ROWS).
+PAGE_UNPACKED_BYTES = 32 * 1024 * 1024
 
 
 @bp.get("/exports/")
@@ -46,6 +48,13 @@ def download(what: str, fmt: str):
     return Response(stream_with_context(chunks), mimetype=exporting.MEDIA_TYPES[fmt], headers=headers)
 
 
+def page_limits() -> importing.FileLimits:
+    """The files the page imports within one request; the command line takes any size."""
+    return importing.FileLimits(
+        rows=current_app.config["BAGTRACK_IMPORT_PAGE_MAX_ROWS"], unpacked_bytes=PAGE_UNPACKED_BYTES
+    )
+
+
 def render_import(refusal: Refusal | None = None, report: importing.ImportReport | None = None) -> str:
     return render_template(
         "exports/import.html",
@@ -53,6 +62,7 @@ def render_import(refusal: Refusal | None = None, report: importing.ImportReport
         report=report,
         kind=request.form.get("kind", "bags"),
         shown=importing.SHOWN_REFUSALS,
+        max_rows=current_app.config["BAGTRACK_IMPORT_PAGE_MAX_ROWS"],
     )
 
 
@@ -76,7 +86,12 @@ def import_page():
             raise Refusal("invalid_input", "Choose a CSV or XLSX file to import.")
         extension = importing.file_extension(upload.filename)
         report = IMPORTERS[kind](
-            db.session, upload.stream, extension, user=current_user._get_current_object(), source=upload.filename
+            db.session,
+            upload.stream,
+            extension,
+            user=current_user._get_current_object(),
+            source=upload.filename,
+            limits=page_limits(),
         )
     except Refusal as refusal:
         return refusal_answer(refusal, render_import)
