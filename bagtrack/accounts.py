@@ -45,12 +45,19 @@ _signed_in: dict[int, tuple[float, SignedInUser]] = {}
 
 
 def signed_in_user(session, user_id: int, session_version: int) -> SignedInUser | None:
-    """The user a session cookie names, if its version is current and the account active."""
+    """The user a session cookie names, if its version is current and the account active.
+
+    While the cookie and the snapshot agree no query is made. A cookie newer
+    than the snapshot can only mean the snapshot is stale (the user's sessions
+    were ended here or in another worker, then the user logged in again): the
+    snapshot is read afresh and the cookie judged on the row. An older cookie
+    is refused.
+    """
     ttl = current_app.config["BAGTRACK_USER_CACHE_S"]
     now = time.monotonic()
     cached = _signed_in.get(user_id)
-    if cached is None or cached[0] <= now:
-        user = session.get(User, user_id)
+    if cached is None or cached[0] <= now or cached[1].session_version < session_version:
+        user = session.get(User, user_id, populate_existing=True)
         if user is None:
             _signed_in.pop(user_id, None)
             return None
