@@ -213,7 +213,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "BAGTRACK_REDIS_RETRY_S": env_float(environ, "BAGTRACK_REDIS_RETRY_S", 5.0),
         # Rate limits (limits notation: "30/minute", "5/second;100/hour").
         "RATELIMIT_ENABLED": env_bool(environ, "BAGTRACK_RATELIMIT_ENABLED", True),
-        "BAGTRACK_LIMIT_LOGIN_IP": env_rate(environ, "BAGTRACK_LIMIT_LOGIN_IP", "30/minute"),
+        "BAGTRACK_LIMIT_LOGIN_IP": env_rate(environ, "BAGTRACK_LIMIT_LOGIN_IP", "300/minute;1000/hour"),
         "BAGTRACK_LIMIT_LOGIN_USER": env_rate(environ, "BAGTRACK_LIMIT_LOGIN_USER", "10/minute"),
         "BAGTRACK_LIMIT_SCAN": env_rate(environ, "BAGTRACK_LIMIT_SCAN", "300/minute"),
         "BAGTRACK_LIMIT_BILL_LOAD": env_rate(environ, "BAGTRACK_LIMIT_BILL_LOAD", "300/minute"),

@@ -1,9 +1,10 @@
 """Rate limits and request size limits, declared in one place by named scope.
 
 Logged-in users are limited one by one (scanners on the floor may share an
-address); anonymous requests by address. Login is limited by address and by
-the posted username, loosely enough that the account lockout, not the
-limiter, is what a guesser meets first. Scans and bill loading get a generous
+address); anonymous requests by address. Login is limited by the posted
+username and, far more loosely, by address: a shift of handhelds behind one
+address logs in at once, while a guesser meets the username limit and the
+account lockout. Scans and bill loading get a generous
 limit of their own, everything else a default; health, readiness, metrics and
 static files are never limited. Every rate is a setting
 (``BAGTRACK_LIMIT_*``). Counters live in Redis when ``REDIS_URL`` is set; when
