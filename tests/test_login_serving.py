@@ -56,7 +56,7 @@ def test_a_new_login_after_its_sessions_ended_is_served_by_every_worker(two_work
     assert set(statuses(old, f"{base}/api/stats", 20)) == {200}
     old_cookie = old.cookies.get("session")
 
-    response = old.post(f"{base}/logout", allow_redirects=False, timeout=5)
+    response = old.post(f"{base}/account/logout-everywhere", allow_redirects=False, timeout=5)
     assert response.status_code == 303
     new = browser_login(base, "floor")
     assert set(statuses(new, f"{base}/api/stats", 32)) == {200}
