@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import time
+
+import pyotp
 import pytest
 import requests
 from conftest import CSRF_META, PASSWORD
@@ -64,3 +68,45 @@ def test_a_new_login_after_its_sessions_ended_is_served_by_every_worker(two_work
     stale = requests.Session()
     stale.cookies.set("session", old_cookie)
     assert set(statuses(stale, f"{base}/api/stats", 10)) == {401}
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_logging_out_one_device_leaves_the_other_served_by_every_worker(two_workers, make_user):
+    make_user("floor")
+    base = two_workers.base
+    handheld, office = browser_login(base, "floor"), browser_login(base, "floor")
+    assert set(statuses(handheld, f"{base}/api/stats", 10)) == {200}
+    assert handheld.post(f"{base}/logout", allow_redirects=False, timeout=5).status_code == 303
+    assert set(statuses(office, f"{base}/api/stats", 20)) == {200}
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_two_factor_login_through_the_server(two_workers, make_user):
+    make_user("boss", role="admin", area=None)
+    base = two_workers.base
+    browser = browser_login(base, "boss")
+    page = browser.get(f"{base}/account/2fa", timeout=5).text
+    secret = re.search(r'<code class="totp-secret">([A-Z2-7]+)</code>', page).group(1)
+    # The enrolment secret waits in this session's cookie: whichever worker answers knows it.
+    enrolled = browser.post(f"{base}/account/2fa", data={"code": pyotp.TOTP(secret).now()}, timeout=5)
+    assert enrolled.status_code == 200 and "recovery-code" in enrolled.text
+
+    second = requests.Session()
+    token = CSRF_META.search(second.get(f"{base}/login", timeout=5).text).group(1)
+    answer = second.post(
+        f"{base}/login",
+        data={"username": "boss", "password": PASSWORD, "csrf_token": token},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert answer.status_code == 303 and answer.headers["Location"] == "/login/code"
+    assert set(statuses(second, f"{base}/api/stats", 4)) == {401}
+    token = CSRF_META.search(second.get(f"{base}/login/code", timeout=5).text).group(1)
+    code = pyotp.TOTP(secret).at(time.time() + 30)
+    answer = second.post(
+        f"{base}/login/code", data={"code": code, "csrf_token": token}, allow_redirects=False, timeout=5
+    )
+    assert answer.status_code == 303 and answer.headers["Location"] == "/"
+    assert set(statuses(second, f"{base}/api/stats", 10)) == {200}
