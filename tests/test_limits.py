@@ -98,6 +98,21 @@ def test_a_shift_of_handhelds_behind_one_address_logs_in_while_one_username_stay
     assert "for this username" in refused.get_data(as_text=True)
 
 
+def test_a_strangers_guessing_leaves_the_users_own_device_its_allowance(limited_app, make_user):
+    app = limited_app()
+    make_user("boss", role="admin", area=None)
+    own_device = new_client(app, "10.0.11.1")
+    assert attempt(own_device, "boss", PASSWORD).status_code == 303
+    own_device.post("/logout")
+    own_device.fetch_csrf_token()
+    stranger = new_client(app, "198.51.100.20")
+    statuses = [attempt(stranger, "boss").status_code for _ in range(12)]
+    assert 429 in statuses and set(statuses[: statuses.index(429)]) == {401}
+    # The account is locked and the username's allowance spent, for strangers only.
+    assert attempt(stranger, "boss", PASSWORD).status_code == 429
+    assert attempt(own_device, "boss", PASSWORD).status_code == 303
+
+
 def test_login_for_one_username_is_limited_across_addresses(limited_app, make_user):
     app = limited_app(BAGTRACK_LOCKOUT_ATTEMPTS=100)
     make_user("popular")
