@@ -83,12 +83,18 @@ def signed_in_user(session, user_id: int, session_version: int, login_session: i
     now = time.monotonic()
     cached = _signed_in.get(user_id)
     if cached is None or cached[0] <= now or cached[1].is_newer(session_version, login_session):
-        user = session.get(User, user_id, populate_existing=True)
-        if user is None:
+        # One round trip: the user, once per live session of theirs.
+        rows = session.execute(
+            select(User, LoginSession.id)
+            .outerjoin(LoginSession, LoginSession.user_id == User.id)
+            .where(User.id == user_id)
+            .execution_options(populate_existing=True)
+        ).all()
+        if not rows:
             _signed_in.pop(user_id, None)
             return None
-        live = frozenset(session.scalars(select(LoginSession.id).where(LoginSession.user_id == user_id)))
-        cached = (now + ttl, SignedInUser(user, live))
+        live = frozenset(login_session_id for _, login_session_id in rows if login_session_id is not None)
+        cached = (now + ttl, SignedInUser(rows[0][0], live))
         if ttl > 0:
             _signed_in[user_id] = cached
     snapshot = cached[1]
