@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import case, or_, select, update
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import case, delete, func, or_, select, update
+from werkzeug.security import check_password_hash, generate_password_hash
 
+from . import twofactor
 from .audit import record
 from .codes import normalise, without_controls
 from .errors import Refusal
 from .ledger import in_transaction
-from .models import ROLES, AreaRef, DispatchArea, Identity, User, utcnow
+from .models import ROLES, AreaRef, DispatchArea, Identity, LoginSession, RecoveryCode, User, utcnow
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$", re.ASCII)
 AREA_CODE_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,19}$", re.ASCII)
-MIN_PASSWORD_LENGTH = 8
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 256
+COMMON_PASSWORDS = Path(__file__).resolve().parent / "data" / "common-passwords.txt"
+# How many usernames one device remembers having logged in as (a shared scanner has a few).
+KNOWN_USERS_PER_DEVICE = 20
+# Where a session cookie keeps the id of its login session.
+LOGIN_SESSION_KEY = "_bagtrack_login_session"
+# Who gave the right password and now owes the second factor: {"user", "version", "at", "next"}.
+PENDING_2FA_KEY = "_bagtrack_2fa_pending"
+# A signed list of the usernames a device has logged in as (the lockout and the username limit spare them).
+DEVICE_COOKIE = "bagtrack_device"
 
 
 class SignedInUser(Identity):
@@ -31,7 +46,7 @@ class SignedInUser(Identity):
     many seconds.
     """
 
-    def __init__(self, user: User):
+    def __init__(self, user: User, live_sessions: frozenset[int]):
         self.id = user.id
         self.username = user.username
         self.role = user.role
@@ -39,26 +54,55 @@ class SignedInUser(Identity):
         self.area = AreaRef(user.area.id, user.area.code, user.area.name) if user.area is not None else None
         self.session_version = user.session_version
         self.active = user.active
+        self.has_2fa = user.totp_secret is not None
+        self.live_sessions = live_sessions
+        self.newest_session = max(live_sessions, default=0)
+
+    def is_newer(self, session_version: int, login_session: int) -> bool:
+        """Whether a cookie was issued after this snapshot was read (so the snapshot is stale)."""
+        return session_version > self.session_version or (
+            login_session not in self.live_sessions and login_session > self.newest_session
+        )
 
 
 _signed_in: dict[int, tuple[float, SignedInUser]] = {}
 
 
-def signed_in_user(session, user_id: int, session_version: int) -> SignedInUser | None:
-    """The user a session cookie names, if its version is current and the account active."""
+def signed_in_user(session, user_id: int, session_version: int, login_session: int) -> SignedInUser | None:
+    """The user a session cookie names, if the cookie's session is live and the account active.
+
+    A cookie names the user, the user's session version (bumped to end all
+    sessions) and its own login session (deleted when that device logs out).
+    While the cookie and the snapshot agree no query is made. A cookie newer
+    than the snapshot can only mean the snapshot is stale (the user logged in
+    again since it was read, here or in another worker): the snapshot is read
+    afresh and the cookie judged on the rows. An older cookie, or a session
+    that has ended, is refused.
+    """
     ttl = current_app.config["BAGTRACK_USER_CACHE_S"]
     now = time.monotonic()
     cached = _signed_in.get(user_id)
-    if cached is None or cached[0] <= now:
-        user = session.get(User, user_id)
-        if user is None:
+    if cached is None or cached[0] <= now or cached[1].is_newer(session_version, login_session):
+        # One round trip: the user, once per live session of theirs.
+        rows = session.execute(
+            select(User, LoginSession.id)
+            .outerjoin(LoginSession, LoginSession.user_id == User.id)
+            .where(User.id == user_id)
+            .execution_options(populate_existing=True)
+        ).all()
+        if not rows:
             _signed_in.pop(user_id, None)
             return None
-        cached = (now + ttl, SignedInUser(user))
+        live = frozenset(login_session_id for _, login_session_id in rows if login_session_id is not None)
+        cached = (now + ttl, SignedInUser(rows[0][0], live))
         if ttl > 0:
             _signed_in[user_id] = cached
     snapshot = cached[1]
-    if snapshot.session_version != session_version or not snapshot.active:
+    if (
+        snapshot.session_version != session_version
+        or login_session not in snapshot.live_sessions
+        or not snapshot.active
+    ):
         return None
     return snapshot
 
@@ -99,9 +143,20 @@ def find_area(session, code: str | None) -> DispatchArea:
     return area
 
 
-def _check_password(password: str) -> None:
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of common passwords (lower-case; see data/COMMON-PASSWORDS.md)."""
+    return frozenset(line.strip() for line in COMMON_PASSWORDS.read_text().splitlines() if line.strip())
+
+
+def check_new_password(password: str, username: str | None = None) -> None:
+    """A new password has 10 to 256 characters and is neither a common password nor the username."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise Refusal("invalid_input", f"A password has at least {MIN_PASSWORD_LENGTH} characters.")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise Refusal("invalid_input", f"A password has at most {MAX_PASSWORD_LENGTH} characters.")
+    if password.lower() in common_passwords() or (username and password.lower() == username.lower()):
+        raise Refusal("invalid_input", "That password is too common to be safe: choose another.")
 
 
 def _check_role(role: str) -> None:
@@ -141,7 +196,7 @@ def create_user(
         if role == "dispatcher" and area is None:
             raise Refusal("invalid_input", "A dispatcher needs a dispatch area (--area CODE).")
         if password is not None:
-            _check_password(password)
+            check_new_password(password, name)
         if session.scalar(select(User.id).where(User.username == name)) is not None:
             raise Refusal("invalid_input", f"User {name} already exists.")
         user = User(
@@ -160,7 +215,10 @@ def _change_user(session, actor: User | None, username: str, action: str, change
     def work() -> User:
         user = find_user(session, username)
         before = {"role": user.role, "area_id": user.area_id, "active": user.active, "locked_until": user.locked_until}
+        was_admin = user.active and user.role == "admin"
         change(user)
+        if was_admin and not (user.active and user.role == "admin"):
+            _keep_an_admin(session, actor, user)
         session.flush()
         after = {"role": user.role, "area_id": user.area_id, "active": user.active, "locked_until": user.locked_until}
         record(session, actor, action, user.username, before=before, after=after)
@@ -171,8 +229,29 @@ def _change_user(session, actor: User | None, username: str, action: str, change
     return user
 
 
+def _keep_an_admin(session, actor: User | SignedInUser | None, user: User) -> None:
+    """Refuse to take away an admin who is the actor, or the last active admin.
+
+    The other active admins are locked for the rest of the transaction, so
+    two admins disabling each other at once cannot leave the site without one.
+    """
+    if actor is not None and actor.id == user.id:
+        raise Refusal("last_admin", "You cannot disable or demote yourself: ask another admin.")
+    others = session.scalars(
+        select(User.id)
+        .where(User.role == "admin", User.active.is_(True), User.id != user.id)
+        .order_by(User.id)
+        .with_for_update()
+    ).all()
+    if not others:
+        raise Refusal("last_admin", f"{user.username} is the last active admin: make another admin first.")
+
+
 def set_role(session, actor: User | None, username: str, role: str) -> User:
-    """Change a user's role; a dispatcher must keep (or already have) an area."""
+    """Change a user's role and end their sessions; a dispatcher must keep (or already have) an area.
+
+    Nobody demotes themself or the last active admin (``last_admin``).
+    """
     _check_role(role)
 
     def change(user: User) -> None:
@@ -195,7 +274,7 @@ def set_area(session, actor: User | None, username: str, area_code: str) -> User
 
 
 def disable_user(session, actor: User | None, username: str) -> User:
-    """Disable an account and end its sessions."""
+    """Disable an account and end its sessions; nobody disables themself or the last active admin."""
 
     def change(user: User) -> None:
         user.active = False
@@ -222,7 +301,7 @@ def unlock_user(session, actor: User | None, username: str) -> User:
 def reset_password(session, actor: User | None, username: str, password: str | None = None) -> tuple[User, str]:
     """Set a new password (generated when not given) and end the user's sessions."""
     new_password = password or generate_password()
-    _check_password(new_password)
+    check_new_password(new_password, normalise_username(username))
 
     def change(user: User) -> None:
         user.set_password(new_password)
@@ -233,31 +312,94 @@ def reset_password(session, actor: User | None, username: str, password: str | N
     return _change_user(session, actor, username, "user.reset_password", change), new_password
 
 
-def end_sessions(session, user: User | SignedInUser) -> None:
-    """Log ``user`` out: every session cookie issued to them stops loading the user.
+def reset_2fa(session, actor: User | None, username: str) -> User:
+    """Turn off a user's two-factor login (lost phone): secret and recovery codes are gone."""
 
-    Flask's sessions live in the cookie, so clearing it on one device leaves a
-    copied cookie valid; bumping ``session_version`` makes every earlier
-    cookie of the user name a stale version. The price is that logging out
-    on one device logs the user out on all of them. That is the right trade
-    on a floor where scanners are shared and a forgotten session must end
-    when its user leaves.
+    def change(user: User) -> None:
+        user.totp_secret = None
+        user.totp_last_step = None
+        session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+
+    return _change_user(session, actor, username, "user.reset_2fa", change)
+
+
+def change_password(session, user_id: int, current: str, new: str, repeated: str) -> User:
+    """A user changes their own password: the current one, then the new one twice.
+
+    A wrong current password counts as a failed login. The change ends every
+    session of the user; the caller starts a new one for the device in hand.
     """
-    session.execute(update(User).where(User.id == user.id).values(session_version=User.session_version + 1))
+    user = session.get(User, user_id, populate_existing=True)
+    session.commit()
+    if not current or len(current) > MAX_PASSWORD_LENGTH or not user.check_password(current):
+        _count_failure(session, user.id, utcnow())
+        raise Refusal("invalid_input", "Your current password is not right.")
+    if new != repeated:
+        raise Refusal("invalid_input", "The new password and its repetition differ.")
+    check_new_password(new, user.username)
+    if user.check_password(new):
+        raise Refusal("invalid_input", "The new password must differ from the current one.")
+
+    def work() -> User:
+        row = session.get(User, user_id, with_for_update={"of": User})
+        row.set_password(new)
+        row.session_version += 1
+        session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
+        record(session, row, "user.change_password", row.username)
+        return row
+
+    user = in_transaction(session, work)
+    forget_signed_in(user_id)
+    return user
+
+
+def start_session(session, user: User) -> int:
+    """Record one more logged-in device of ``user``; its id goes into that device's cookie.
+
+    Rows of sessions past their lifetime are cleared on the way.
+    """
+    expired = utcnow() - current_app.config["PERMANENT_SESSION_LIFETIME"]
+    session.execute(delete(LoginSession).where(LoginSession.user_id == user.id, LoginSession.created_at < expired))
+    row = LoginSession(user_id=user.id)
+    session.add(row)
+    session.commit()
+    return row.id
+
+
+def end_session(session, user: User | SignedInUser, login_session: int) -> None:
+    """Log out one device: its session row goes, and its cookie stops loading the user.
+
+    Other workers notice within ``BAGTRACK_USER_CACHE_S``.
+    """
+    session.execute(delete(LoginSession).where(LoginSession.id == login_session, LoginSession.user_id == user.id))
     session.commit()
     forget_signed_in(user.id)
 
 
-def authenticate(session, username: str | None, password: str | None) -> User:
-    """Check a login.
+def end_all_sessions(session, user: User | SignedInUser) -> None:
+    """Log ``user`` out everywhere: bumping ``session_version`` makes every cookie issued so far stale."""
+    session.execute(update(User).where(User.id == user.id).values(session_version=User.session_version + 1))
+    session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+    record(session, user, "user.logout_everywhere", user.username)
+    session.commit()
+    forget_signed_in(user.id)
 
-    ``BAGTRACK_LOCKOUT_ATTEMPTS`` (5) failures for one username lock the
-    account for ``BAGTRACK_LOCKOUT_MINUTES`` (15); while locked even the
-    right password is refused, with a message saying until when.
+
+def authenticate(session, username: str | None, password: str | None, known_device: bool = False) -> User:
+    """Check a login's username and password.
+
+    Every refusal before the password is known to be right reads the same
+    ("Wrong username or password.") and takes as long: an unknown username
+    is checked against a dummy hash. ``BAGTRACK_LOCKOUT_ATTEMPTS`` (5)
+    failures for one username within ``BAGTRACK_LOCKOUT_MINUTES`` (15) lock
+    the account that long; a locked account refuses a wrong password like
+    any other and tells of the lock only when the right one is given.
+    A device that has logged in as this user before (``known_device``) is
+    not held by the lock: a stranger's guesses cannot shut the user out.
     """
     name = normalise_username(username)
     invalid = LoginRefused("Wrong username or password.")
-    if not name or not password or len(name) > 64 or len(password) > 256:
+    if not name or not password or len(name) > 64 or len(password) > MAX_PASSWORD_LENGTH:
         raise invalid
     user = session.scalar(select(User).where(User.username == name).execution_options(populate_existing=True))
     # Hashing a password takes a while on purpose: hold no transaction (and no
@@ -265,29 +407,130 @@ def authenticate(session, username: str | None, password: str | None) -> User:
     # UPDATE, so concurrent attempts can neither lose a count nor undo a lock.
     session.commit()
     if user is None:
+        check_password_hash(_dummy_hash(), password)
         raise invalid
     now = utcnow()
-    if user.is_locked(now):
-        raise _locked_until(user.locked_until)
     if not user.check_password(password):
-        locked_until = _count_failure(session, user.id, now)
-        if locked_until is not None:
-            raise _locked_until(locked_until)
+        _count_failure(session, user.id, now)
         raise invalid
+    if user.is_locked(now) and not known_device:
+        raise _locked_until(user.locked_until)
     if not user.active:
         raise LoginRefused("This account is disabled. Ask an admin.")
     if user.failed_logins or user.locked_until:
+        clearable = [User.id == user.id]
+        if not known_device:
+            clearable.append(or_(User.locked_until.is_(None), User.locked_until <= now))
         cleared = session.execute(
-            update(User)
-            .where(User.id == user.id, or_(User.locked_until.is_(None), User.locked_until <= now))
-            .values(failed_logins=0, locked_until=None)
-            .returning(User.id)
+            update(User).where(*clearable).values(failed_logins=0, locked_until=None).returning(User.id)
         ).scalar_one_or_none()
         session.commit()
         if cleared is None:
             raise _locked_until(session.scalar(select(User.locked_until).where(User.id == user.id)))
         user.failed_logins, user.locked_until = 0, None
     return user
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash made like a real user's, for unknown usernames to be checked against."""
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
+def check_second_factor(session, user_id: int, code: str | None) -> User:
+    """The second step of a login: a TOTP code (each good once) or an unused recovery code.
+
+    A wrong code counts as a failed login; once the account is locked the
+    person, who has given the right password, is told until when.
+    """
+    user = session.get(User, user_id, populate_existing=True)
+    session.commit()
+    now = utcnow()
+    if user is None or not user.active or user.totp_secret is None:
+        raise LoginRefused("Log in again.")
+    if user.is_locked(now):
+        raise _locked_until(user.locked_until)
+    secret = twofactor.decrypt(user.totp_secret)
+    step = twofactor.matching_step(secret, code, user.totp_last_step) if secret else None
+    accepted = False
+    if step is not None:
+        accepted = session.execute(
+            update(User)
+            .where(User.id == user.id, or_(User.totp_last_step.is_(None), User.totp_last_step < step))
+            .values(totp_last_step=step)
+            .returning(User.id)
+        ).scalar_one_or_none()
+    elif code and len(code) <= 32:
+        accepted = session.execute(
+            delete(RecoveryCode)
+            .where(RecoveryCode.user_id == user.id, RecoveryCode.code_hash == twofactor.recovery_hash(code))
+            .returning(RecoveryCode.id)
+        ).scalar_one_or_none()
+        if accepted:
+            record(session, user, "user.recovery_code_used", user.username)
+    session.commit()
+    if not accepted:
+        locked_until = _count_failure(session, user.id, now)
+        if locked_until is not None:
+            raise _locked_until(locked_until)
+        raise LoginRefused("That code is not right. Enter the 6 digits your app shows now, or a recovery code.")
+    return user
+
+
+def enrol_2fa(session, user_id: int, secret: str, code: str | None) -> list[str]:
+    """Turn on two-factor login once ``code`` shows the authenticator app holds ``secret``.
+
+    Returns ten new recovery codes, the only time they are shown in clear.
+    """
+    step = twofactor.matching_step(secret, code)
+    if step is None:
+        raise Refusal("invalid_input", "That code is not right: enter the 6 digits your app shows for bagtrack.")
+    codes = twofactor.new_recovery_codes()
+
+    def work() -> User:
+        user = session.get(User, user_id, with_for_update={"of": User})
+        if user.totp_secret is not None:
+            raise Refusal("invalid_input", "Two-factor login is already on.")
+        user.totp_secret = twofactor.encrypt(secret)
+        user.totp_last_step = step
+        session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+        session.add_all(RecoveryCode(user_id=user_id, code_hash=twofactor.recovery_hash(code)) for code in codes)
+        record(session, user, "user.enrol_2fa", user.username)
+        return user
+
+    in_transaction(session, work)
+    forget_signed_in(user_id)
+    return codes
+
+
+def recovery_codes_left(session, user_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(RecoveryCode).where(RecoveryCode.user_id == user_id))
+
+
+def needs_2fa_enrolment(user: Identity) -> bool:
+    """Whether ``BAGTRACK_2FA_REQUIRED_ROLES`` makes this user enrol before using the site."""
+    return user.role in current_app.config["BAGTRACK_2FA_REQUIRED_ROLES"] and not user.has_2fa
+
+
+def _device_serializer() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt="bagtrack known device")
+
+
+def known_usernames(cookie: str | None) -> list[str]:
+    """The usernames a device's signed cookie says it has logged in as (none when absent or forged)."""
+    if not cookie or len(cookie) > 4096:
+        return []
+    try:
+        names = _device_serializer().loads(cookie)
+    except BadSignature:
+        return []
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def remember_username(cookie: str | None, username: str) -> str:
+    """The device cookie after a login as ``username`` (the most recent usernames kept)."""
+    names = [name for name in known_usernames(cookie) if name != username]
+    return _device_serializer().dumps([username, *names][:KNOWN_USERS_PER_DEVICE])
 
 
 def _locked_until(moment) -> LoginRefused:

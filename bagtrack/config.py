@@ -87,6 +87,17 @@ def env_rate(environ: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+def env_roles(environ: Mapping[str, str], name: str) -> frozenset[str]:
+    """A comma-separated list of roles (``admin,biller``); empty: none."""
+    from .models import ROLES
+
+    roles = frozenset(part.strip().lower() for part in (env_str(environ, name, "") or "").split(",") if part.strip())
+    unknown = sorted(roles - set(ROLES))
+    if unknown:
+        raise ConfigError(f"{name} names roles that do not exist: {', '.join(unknown)} (roles: {', '.join(ROLES)})")
+    return roles
+
+
 PROXY_FIX_HOPS = ("x_for", "x_proto", "x_host", "x_port", "x_prefix")
 
 
@@ -175,6 +186,9 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "BAGTRACK_LOCKOUT_ATTEMPTS": env_int(environ, "BAGTRACK_LOCKOUT_ATTEMPTS", 5, minimum=1),
         "BAGTRACK_LOCKOUT_MINUTES": env_int(environ, "BAGTRACK_LOCKOUT_MINUTES", 15, minimum=1),
         "BAGTRACK_PAGE_SIZE": env_int(environ, "BAGTRACK_PAGE_SIZE", 50, minimum=1),
+        # Two-factor login: roles that must enrol, and the key that encrypts secrets (default: from SECRET_KEY).
+        "BAGTRACK_2FA_REQUIRED_ROLES": env_roles(environ, "BAGTRACK_2FA_REQUIRED_ROLES"),
+        "BAGTRACK_2FA_KEY": env_str(environ, "BAGTRACK_2FA_KEY"),
         # How long requests share a snapshot of the logged-in user (0: read it every request).
         "BAGTRACK_USER_CACHE_S": env_float(environ, "BAGTRACK_USER_CACHE_S", 2.0),
         # Database pool.
@@ -222,7 +236,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "BAGTRACK_REDIS_RETRY_S": env_float(environ, "BAGTRACK_REDIS_RETRY_S", 5.0),
         # Rate limits (limits notation: "30/minute", "5/second;100/hour").
         "RATELIMIT_ENABLED": env_bool(environ, "BAGTRACK_RATELIMIT_ENABLED", True),
-        "BAGTRACK_LIMIT_LOGIN_IP": env_rate(environ, "BAGTRACK_LIMIT_LOGIN_IP", "30/minute"),
+        "BAGTRACK_LIMIT_LOGIN_IP": env_rate(environ, "BAGTRACK_LIMIT_LOGIN_IP", "300/minute;1000/hour"),
         "BAGTRACK_LIMIT_LOGIN_USER": env_rate(environ, "BAGTRACK_LIMIT_LOGIN_USER", "10/minute"),
         "BAGTRACK_LIMIT_SCAN": env_rate(environ, "BAGTRACK_LIMIT_SCAN", "300/minute"),
         "BAGTRACK_LIMIT_BILL_LOAD": env_rate(environ, "BAGTRACK_LIMIT_BILL_LOAD", "300/minute"),

@@ -26,6 +26,7 @@ STATUS_BY_CODE = {
     "bill_empty": 409,
     "parent_on_other_bill": 409,
     "parent_not_on_bill": 409,
+    "last_admin": 409,
     "too_large": 413,
     "rate_limited": 429,
     "unavailable": 503,

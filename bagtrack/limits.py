@@ -1,9 +1,10 @@
 """Rate limits and request size limits, declared in one place by named scope.
 
 Logged-in users are limited one by one (scanners on the floor may share an
-address); anonymous requests by address. Login is limited by address and by
-the posted username, loosely enough that the account lockout, not the
-limiter, is what a guesser meets first. Scans and bill loading get a generous
+address); anonymous requests by address. Login is limited by the posted
+username and, far more loosely, by address: a shift of handhelds behind one
+address logs in at once, while a guesser meets the username limit and the
+account lockout. Scans and bill loading get a generous
 limit of their own, everything else a default; health, readiness, metrics and
 static files are never limited. Every rate is a setting
 (``BAGTRACK_LIMIT_*``). Counters live in Redis when ``REDIS_URL`` is set; when
@@ -21,13 +22,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, request, session
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import Rule
 
 from . import observability
-from .accounts import normalise_username
+from .accounts import DEVICE_COOKIE, PENDING_2FA_KEY, known_usernames, normalise_username
 from .extensions import limiter, rate_limit_key
 from .web import error_page
 
@@ -42,9 +43,21 @@ def client_address() -> str:
 
 
 def posted_username() -> str:
-    """The username a login form names; without one the attempt counts against its address."""
+    """Whom a login attempt is for; without a name the attempt counts against its address.
+
+    The second step (the code) counts for the user who gave the password.
+    A device that has logged in as the user before draws on an allowance of
+    its own, so a stranger's guessing cannot keep the user out.
+    """
+    if request.endpoint == "auth.login_code":
+        pending = session.get(PENDING_2FA_KEY)
+        return f"user:{pending.get('user')}" if isinstance(pending, dict) else client_address()
     name = normalise_username(request.form.get("username"))[:64]
-    return f"username:{name}" if name else client_address()
+    if not name:
+        return client_address()
+    if name in known_usernames(request.cookies.get(DEVICE_COOKIE)):
+        return f"username:{name}:known"
+    return f"username:{name}"
 
 
 def login_ip_rate() -> str:
@@ -68,7 +81,7 @@ def default_rate() -> str:
 
 
 def is_login(rule: Rule) -> bool:
-    return rule.endpoint == "auth.login"
+    return rule.endpoint in ("auth.login", "auth.login_code")
 
 
 def is_scan(rule: Rule) -> bool:

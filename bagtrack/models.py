@@ -88,9 +88,13 @@ class User(Identity, db.Model):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     last_failed_at: Mapped[datetime | None] = mapped_column(DateTime)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime)
-    # Changing it (password reset, disable, logout) ends every session of the user.
+    # Changing it (password change or reset, disable, role or area change) ends every session of the user.
     session_version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # The TOTP secret, encrypted (Fernet); None: no two-factor login.
+    totp_secret: Mapped[str | None] = mapped_column(Text)
+    # The last TOTP time step accepted: a code is good for one login.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
 
     area: Mapped[DispatchArea | None] = relationship(lazy="joined")
 
@@ -106,8 +110,32 @@ class User(Identity, db.Model):
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
 
+    @property
+    def has_2fa(self) -> bool:
+        return self.totp_secret is not None
+
     def is_locked(self, now: datetime | None = None) -> bool:
         return self.locked_until is not None and self.locked_until > (now or utcnow())
+
+
+class LoginSession(db.Model):
+    """One logged-in device: its cookie names this row, and logging out there deletes it."""
+
+    __tablename__ = "login_session"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RecoveryCode(db.Model):
+    """A one-time code that stands in for a TOTP code; only its keyed hash is stored."""
+
+    __tablename__ = "recovery_code"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
 
 
 class Bill(db.Model):

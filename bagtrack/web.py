@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sqlalchemy.exc
-from flask import Flask, Request, abort, jsonify, render_template, request
+from flask import Flask, Request, abort, jsonify, render_template, request, session
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from .accounts import SignedInUser, signed_in_user
+from .accounts import LOGIN_SESSION_KEY, SignedInUser, signed_in_user
 from .errors import STATUS_BY_CODE, Refusal
 from .extensions import db, login_manager
 
@@ -112,10 +112,12 @@ def init_app(app: Flask) -> None:
     @login_manager.user_loader
     def load_user(user_id: str) -> SignedInUser | None:
         # The id carries the session version: a password reset or disable ends old sessions.
+        # The login session is this device's: logging out here ends it alone.
         raw_id, _, version = user_id.partition(":")
-        if not raw_id.isdigit() or not version.isdigit() or len(user_id) > 40:
+        login_session = session.get(LOGIN_SESSION_KEY)
+        if not raw_id.isdigit() or not version.isdigit() or len(user_id) > 40 or type(login_session) is not int:
             return None
-        return signed_in_user(db.session, int(raw_id), int(version))
+        return signed_in_user(db.session, int(raw_id), int(version), login_session)
 
     @login_manager.unauthorized_handler
     def unauthorized():

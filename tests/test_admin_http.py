@@ -132,7 +132,7 @@ def test_create_user_as_json_returns_the_generated_password(admin, client):
         ({"username": "eve", "role": "dispatcher"}, "A dispatcher needs a dispatch area"),
         ({"username": "eve", "role": "boss"}, "Role must be one of"),
         ({"username": "Eve Smith", "role": "biller"}, "A username is 1 to 64"),
-        ({"username": "eve", "role": "biller", "password": "short"}, "at least 8 characters"),
+        ({"username": "eve", "role": "biller", "password": "short"}, "at least 10 characters"),
         ({"username": "eve", "role": "biller", "area": "MOON"}, "There is no dispatch area"),
         ({"username": "boss", "role": "biller"}, "User boss already exists."),
     ],

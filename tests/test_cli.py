@@ -151,7 +151,7 @@ def test_users_reset_password_generates_one_or_takes_the_given_one(runner, make_
     assert user_row("worker").check_password("chosen-pass-1")
 
     short = runner.invoke(args=["users", "reset-password", "worker", "--password", "short"])
-    assert (short.exit_code, short.output) == (1, "Error: A password has at least 8 characters.\n")
+    assert (short.exit_code, short.output) == (1, "Error: A password has at least 10 characters.\n")
 
 
 def test_bootstrap_creates_the_admin_once_with_a_random_password(runner, client):

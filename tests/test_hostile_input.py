@@ -188,6 +188,9 @@ SCANNERS = ("dispatcher", "biller")
 ENDPOINTS = [
     Endpoint("POST", "/login", ("username", "password", "next"), ("anonymous",)),
     Endpoint("GET", "/login", ("next",), ("anonymous",)),
+    Endpoint("POST", "/login/code", ("code",), ("anonymous",)),
+    Endpoint("POST", "/account/password", ("current", "new", "repeated"), ("dispatcher",)),
+    Endpoint("POST", "/account/2fa", ("code",), ("biller",)),
     Endpoint("POST", "/scan/parent", ("qr", "area"), SCANNERS),
     Endpoint("POST", "/scan/child", ("parent", "qr", "switch"), SCANNERS),
     Endpoint("POST", "/scan/undo", ("parent",), SCANNERS),

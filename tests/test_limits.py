@@ -48,8 +48,8 @@ def attempt(client, username: str, password: str = "wrong-password", headers=Non
     return client.post("/login", data={"username": username, "password": password}, headers=headers or {})
 
 
-def test_login_from_one_address_is_limited_after_30_attempts(limited_app, make_user):
-    app = limited_app()
+def test_login_from_one_address_is_limited(limited_app, make_user):
+    app = limited_app(BAGTRACK_LIMIT_LOGIN_IP="30/minute")
     guesser = new_client(app, "10.0.1.1")
     for number in range(30):
         response = attempt(guesser, f"nobody{number}")
@@ -75,6 +75,42 @@ def test_the_account_lockout_comes_before_the_address_limit(limited_app, make_us
     assert "locked until" in locked.get_data(as_text=True)
     for number in range(14):
         assert attempt(guesser, f"someone{number}").status_code == 401
+
+
+def test_a_shift_of_handhelds_behind_one_address_logs_in_while_one_username_stays_stopped(limited_app, make_user):
+    app = limited_app()
+    users = [make_user(f"handheld{number:03d}") for number in range(100)]
+    target = make_user("target")
+    floor = "10.0.10.1"
+    guesser = new_client(app, floor)
+    for _ in range(5):
+        assert attempt(guesser, target.username).status_code == 401
+    for user in users:
+        response = attempt(new_client(app, floor), user.username, PASSWORD)
+        assert response.status_code == 303, (user.username, response.status_code)
+    # The lockout holds the guessed account (even its right password logs nobody in)...
+    assert attempt(new_client(app, floor), target.username, PASSWORD).status_code == 401
+    # ...and the per-username limit stops the guessing itself.
+    for _ in range(4):
+        attempt(guesser, target.username)
+    refused = attempt(guesser, target.username)
+    assert refused.status_code == 429
+    assert "for this username" in refused.get_data(as_text=True)
+
+
+def test_a_strangers_guessing_leaves_the_users_own_device_its_allowance(limited_app, make_user):
+    app = limited_app()
+    make_user("boss", role="admin", area=None)
+    own_device = new_client(app, "10.0.11.1")
+    assert attempt(own_device, "boss", PASSWORD).status_code == 303
+    own_device.post("/logout")
+    own_device.fetch_csrf_token()
+    stranger = new_client(app, "198.51.100.20")
+    statuses = [attempt(stranger, "boss").status_code for _ in range(12)]
+    assert 429 in statuses and set(statuses[: statuses.index(429)]) == {401}
+    # The account is locked and the username's allowance spent, for strangers only.
+    assert attempt(stranger, "boss", PASSWORD).status_code == 429
+    assert attempt(own_device, "boss", PASSWORD).status_code == 303
 
 
 def test_login_for_one_username_is_limited_across_addresses(limited_app, make_user):

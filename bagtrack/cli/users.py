@@ -109,6 +109,22 @@ def users_disable(username: str) -> None:
     click.echo(f"{user.username} is disabled.")
 
 
+@users.command("enable")
+@click.argument("username")
+def users_enable(username: str) -> None:
+    """Enable USERNAME again (they log in anew)."""
+    user = _change(accounts.enable_user, username)
+    click.echo(f"{user.username} is enabled.")
+
+
+@users.command("reset-2fa")
+@click.argument("username")
+def users_reset_2fa(username: str) -> None:
+    """Turn off USERNAME's two-factor login (lost phone); they may enrol again."""
+    user = _change(accounts.reset_2fa, username)
+    click.echo(f"Two-factor login of {user.username} is off.")
+
+
 @users.command("unlock")
 @click.argument("username")
 def users_unlock(username: str) -> None:

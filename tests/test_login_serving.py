@@ -1,0 +1,112 @@
+"""Logging in and out through a real gunicorn with two gevent workers on PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pyotp
+import pytest
+import requests
+from conftest import CSRF_META, PASSWORD
+from servers import Gunicorn
+
+# Each request on a new connection, so both workers answer some of them.
+NEW_CONNECTION = {"Connection": "close", "Accept": "application/json"}
+
+
+def browser_login(base: str, username: str, password: str = PASSWORD) -> requests.Session:
+    """A browser-like session logged in through the form, its CSRF token sent with every later post."""
+    browser = requests.Session()
+    token = CSRF_META.search(browser.get(f"{base}/login", timeout=5).text).group(1)
+    response = browser.post(
+        f"{base}/login",
+        data={"username": username, "password": password, "csrf_token": token},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert response.status_code == 303, response.text
+    browser.headers["X-CSRFToken"] = CSRF_META.search(browser.get(f"{base}/", timeout=5).text).group(1)
+    return browser
+
+
+def statuses(browser: requests.Session, url: str, count: int) -> list[int]:
+    answers = (browser.get(url, headers=NEW_CONNECTION, timeout=5, allow_redirects=False) for _ in range(count))
+    return [answer.status_code for answer in answers]
+
+
+@pytest.fixture
+def two_workers(database_url, tmp_path):
+    environment = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": "",
+        "SECRET_KEY": "login-serving-test-secret",
+        # Long enough that a snapshot taken before the sessions ended is still held when the new cookie arrives.
+        "BAGTRACK_USER_CACHE_S": "30",
+    }
+    server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_new_login_after_its_sessions_ended_is_served_by_every_worker(two_workers, make_user):
+    make_user("floor")
+    base = two_workers.base
+    old = browser_login(base, "floor")
+    assert set(statuses(old, f"{base}/api/stats", 20)) == {200}
+    old_cookie = old.cookies.get("session")
+
+    response = old.post(f"{base}/account/logout-everywhere", allow_redirects=False, timeout=5)
+    assert response.status_code == 303
+    new = browser_login(base, "floor")
+    assert set(statuses(new, f"{base}/api/stats", 32)) == {200}
+
+    stale = requests.Session()
+    stale.cookies.set("session", old_cookie)
+    assert set(statuses(stale, f"{base}/api/stats", 10)) == {401}
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_logging_out_one_device_leaves_the_other_served_by_every_worker(two_workers, make_user):
+    make_user("floor")
+    base = two_workers.base
+    handheld, office = browser_login(base, "floor"), browser_login(base, "floor")
+    assert set(statuses(handheld, f"{base}/api/stats", 10)) == {200}
+    assert handheld.post(f"{base}/logout", allow_redirects=False, timeout=5).status_code == 303
+    assert set(statuses(office, f"{base}/api/stats", 20)) == {200}
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_two_factor_login_through_the_server(two_workers, make_user):
+    make_user("boss", role="admin", area=None)
+    base = two_workers.base
+    browser = browser_login(base, "boss")
+    page = browser.get(f"{base}/account/2fa", timeout=5).text
+    secret = re.search(r'<code class="totp-secret">([A-Z2-7]+)</code>', page).group(1)
+    # The enrolment secret waits in this session's cookie: whichever worker answers knows it.
+    enrolled = browser.post(f"{base}/account/2fa", data={"code": pyotp.TOTP(secret).now()}, timeout=5)
+    assert enrolled.status_code == 200 and "recovery-code" in enrolled.text
+
+    second = requests.Session()
+    token = CSRF_META.search(second.get(f"{base}/login", timeout=5).text).group(1)
+    answer = second.post(
+        f"{base}/login",
+        data={"username": "boss", "password": PASSWORD, "csrf_token": token},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert answer.status_code == 303 and answer.headers["Location"] == "/login/code"
+    assert set(statuses(second, f"{base}/api/stats", 4)) == {401}
+    token = CSRF_META.search(second.get(f"{base}/login/code", timeout=5).text).group(1)
+    code = pyotp.TOTP(secret).at(time.time() + 30)
+    answer = second.post(
+        f"{base}/login/code", data={"code": code, "csrf_token": token}, allow_redirects=False, timeout=5
+    )
+    assert answer.status_code == 303 and answer.headers["Location"] == "/"
+    assert set(statuses(second, f"{base}/api/stats", 10)) == {200}
