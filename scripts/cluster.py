@@ -617,8 +617,8 @@ def drive(stack: Stack, duration: float, pace: float, checks: list, figures: dic
     floor = Floor(base, sessions, pace)
     office = Office(base, login(base, "office"))
     sampler = Sampler(stack)
-    threads = [threading.Thread(target=floor.scanner, args=(number,)) for number in range(SCANNERS)]
-    threads += [threading.Thread(target=office.run), threading.Thread(target=sampler.run)]
+    threads = [threading.Thread(target=floor.scanner, args=(number,), daemon=True) for number in range(SCANNERS)]
+    threads += [threading.Thread(target=office.run, daemon=True), threading.Thread(target=sampler.run, daemon=True)]
     log(f"driving scans for {duration:.0f} s")
     began = time.monotonic()
     floor.deadline = began + duration + 30
@@ -680,6 +680,10 @@ def drive(stack: Stack, duration: float, pace: float, checks: list, figures: dic
         )
 
         at(duration)
+    except BaseException:
+        # Interrupted: scanners stop retrying at once.
+        floor.deadline = 0
+        raise
     finally:
         floor.stop.set()
         office.stop.set()
@@ -709,8 +713,12 @@ def verify(stack: Stack, floor: Floor, office: Office, probe_parent: str, checks
             (sorted(floor.acknowledged),),
         )
         logged = dict(cursor.fetchall())
-        cursor.execute("SELECT pg_current_wal_lsn()")
-        primary_lsn = cursor.fetchone()[0]
+        cursor.execute(
+            f"SELECT pg_database_size('{DATABASE}'), (SELECT count(*) FROM bag), (SELECT count(*) FROM scan),"
+            " pg_current_wal_lsn()"
+        )
+        size, bags, scans, primary_lsn = cursor.fetchone()
+        figures["database"] = f"{size / 2**20:,.0f} MiB for {bags:,} bags and {scans:,} scan-log rows"
     primary.close()
 
     wrong = [child for child, parent in floor.acknowledged.items() if stored.get(child) != parent]
@@ -813,7 +821,7 @@ def print_report(checks: list, figures: dict, floor: Floor | None) -> None:
                 f"p99 {percentile(latencies, 0.99):.1f}, max {max(latencies):.0f}",
             )
         )
-    for name in ("seed", "logins", "instance A away", "PgBouncer away", "replica fresh after", "export"):
+    for name in ("seed", "database", "logins", "instance A away", "PgBouncer away", "replica fresh after", "export"):
         if name in figures:
             rows.append((name, "", figures[name]))
     sampler = figures.get("sampler")
