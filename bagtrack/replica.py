@@ -49,6 +49,7 @@ CHOSEN = "bagtrack_reads_chosen"
 SESSION = "bagtrack_replica_session"
 WROTE = "bagtrack_wrote_to_primary"
 FAILED = "bagtrack_replica_failed"
+QUERY_CANCELED = "57014"
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Replica:
         self.lag = Lag(usable=False, seconds=None, error="not checked yet")
         self.next_check = 0.0
         self.checking = threading.Lock()
+        observability.publish_replica(False, None)
 
     def current(self) -> Lag:
         """The replica's lag, asked again when the last answer is over a second old.
@@ -126,9 +128,10 @@ def init_app(app: Flask) -> None:
     database.configure_engine(app, replica.engine)
 
     @event.listens_for(replica.engine, "handle_error")
-    def on_error(_context):
-        # Only the reads of a routed view; a failed lag check is handled where it happens.
-        if has_app_context() and SESSION in g:
+    def on_error(context):
+        # Only the reads of a routed view; a failed lag check is handled where it happens. A
+        # statement over the timeout is the query's doing: the primary would take as long.
+        if has_app_context() and SESSION in g and getattr(context.original_exception, "pgcode", None) != QUERY_CANCELED:
             setattr(g, FAILED, True)
 
     with app.app_context():
@@ -166,7 +169,6 @@ def reads():
     replica = current_app.extensions.get(EXTENSION)
     if CHOSEN not in g:
         setattr(g, CHOSEN, replica is not None and replica.current().usable)
-        observability.count_routed_read("replica" if g.get(CHOSEN) else "primary")
     if not g.get(CHOSEN):
         return db.session
     if SESSION not in g:
@@ -185,16 +187,18 @@ def reads_from_replica(view):
     def routed(*args, **kwargs):
         setattr(g, MAY_USE, True)
         try:
-            return view(*args, **kwargs)
+            response = view(*args, **kwargs)
         except SQLAlchemyError as error:
             if not g.pop(FAILED, False):
                 raise
             current_app.extensions[EXTENSION].failed(error)
             _close_quietly(g.pop(SESSION))
             setattr(g, CHOSEN, False)
-            observability.count_routed_read("primary")
             db.session.rollback()
-            return view(*args, **kwargs)
+            response = view(*args, **kwargs)
+        if CHOSEN in g:
+            observability.count_routed_read("replica" if g.get(CHOSEN) else "primary")
+        return response
 
     return routed
 

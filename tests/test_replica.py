@@ -23,8 +23,6 @@ from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, Bag, DispatchArea, Scan, User
 from bagtrack.replica import reads, reads_from_replica
 
-pytestmark = pytest.mark.postgres
-
 UNREACHABLE_REPLICA = "postgresql+psycopg2://postgres@127.0.0.1:1/replica"
 
 
@@ -108,6 +106,7 @@ def replica_bag(qr: str, area_id: int) -> tuple:
     }
 
 
+@pytest.mark.postgres
 def test_bag_list_reads_from_a_fresh_replica(make_app, make_user, make_parent, replica_url, replica_rows):
     admin = make_user("boss", role="admin", area=None)
     make_parent("SB10001")
@@ -122,6 +121,7 @@ def test_bag_list_reads_from_a_fresh_replica(make_app, make_user, make_parent, r
     assert ready["replica"] == {"configured": True, "reads": "replica", "lag_s": 0.0, "max_lag_s": 5.0}
 
 
+@pytest.mark.postgres
 def test_scan_log_api_and_export_read_from_the_replica(make_app, make_user, make_parent, replica_url, replica_rows):
     admin = make_user("boss", role="admin", area=None)
     make_parent("SB10001")
@@ -140,6 +140,7 @@ def test_scan_log_api_and_export_read_from_the_replica(make_app, make_user, make
     assert db.session.scalar(select(AuditEntry.action).where(AuditEntry.action == "export.scans")) == "export.scans"
 
 
+@pytest.mark.postgres
 def test_a_lagging_replica_sends_reads_to_the_primary(
     make_app, make_user, make_parent, replica_url, replica_rows, monkeypatch
 ):
@@ -160,6 +161,7 @@ def test_a_lagging_replica_sends_reads_to_the_primary(
     assert "bagtrack_replica_serving 0.0" in metrics
 
 
+@pytest.mark.postgres
 def test_an_unreachable_replica_sends_reads_to_the_primary_at_once(make_app, make_user, make_parent):
     admin = make_user("boss", role="admin", area=None)
     make_parent("SB10001")
@@ -184,6 +186,7 @@ def test_an_unreachable_replica_sends_reads_to_the_primary_at_once(make_app, mak
     }
 
 
+@pytest.mark.postgres
 def test_a_replica_failing_under_a_list_reruns_it_on_the_primary(make_app, make_user, make_parent, database_url):
     admin = make_user("boss", role="admin", area=None)
     make_parent("SB10001")
@@ -203,6 +206,7 @@ def test_a_replica_failing_under_a_list_reruns_it_on_the_primary(make_app, make_
         server.dispose()
 
 
+@pytest.mark.postgres
 def test_reads_after_a_write_in_the_same_request_come_from_the_primary(make_app, make_user, replica_url, replica_rows):
     admin = make_user("boss", role="admin", area=None)
     replica_rows()
@@ -231,6 +235,7 @@ def test_config_refuses_a_replica_without_a_primary_or_not_postgresql():
     assert load({"DATABASE_URL": "postgresql://p/db", "SECRET_KEY": "x" * 32})["BAGTRACK_REPLICA_URL"] is None
 
 
+@pytest.mark.postgres
 @pytest.mark.slow
 def test_gunicorn_reports_replica_reads_in_ready_and_metrics(
     make_user, make_area, replica_url, replica_rows, database_url, tmp_path
