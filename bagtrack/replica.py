@@ -21,7 +21,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from functools import wraps
-from time import monotonic, perf_counter
+from time import monotonic
 
 from flask import Flask, current_app, g, has_app_context
 from sqlalchemy import create_engine, event, text
@@ -59,7 +59,6 @@ class Lag:
     usable: bool
     seconds: float | None
     error: str | None = None
-    ms: float = 0.0
 
 
 class Replica:
@@ -99,24 +98,19 @@ class Replica:
         observability.publish_replica(False, None)
 
     def measure(self) -> Lag:
-        started = perf_counter()
         try:
             with self.engine.connect() as connection:
                 in_recovery, seconds = connection.execute(LAG_QUERY).one()
         except SQLAlchemyError as error:
             log.warning("replica: lag check failed: %s", observability.describe_database_error(error))
-            return Lag(False, None, error.__class__.__name__, _ms_since(started))
+            return Lag(False, None, error.__class__.__name__)
         if not in_recovery:
             # Promoted, or a server that is no standby at all: it has everything it will get.
             seconds = 0.0
         elif seconds is None:
-            return Lag(False, None, "lag unknown", _ms_since(started))
+            return Lag(False, None, "lag unknown")
         seconds = max(0.0, float(seconds))
-        return Lag(seconds <= self.max_lag_s, round(seconds, 3), None, _ms_since(started))
-
-
-def _ms_since(started: float) -> float:
-    return round((perf_counter() - started) * 1000, 3)
+        return Lag(seconds <= self.max_lag_s, round(seconds, 3))
 
 
 def init_app(app: Flask) -> None:

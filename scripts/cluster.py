@@ -6,7 +6,7 @@ Ctrl-C):
 
     60 scanners ──► nginx ──► gunicorn A ─┐            ┌─► PostgreSQL primary ──WAL──► streaming replica
                          └──► gunicorn B ─┴─► PgBouncer ┘      (scans, bills)             (lists, exports)
-                                          └─► Redis (sessions' rate limits, cache)
+                                          └─► Redis (rate limits, cache)
 
 The scanners log in through nginx and scan for about a minute while one app
 instance is stopped and started again, PgBouncer is restarted and a month's
