@@ -7,7 +7,7 @@ FLASK := $(BIN)/flask --app bagtrack
 # Two test processes on two cores; each gets a database of its own.
 PYTEST_ARGS ?= -n auto
 
-.PHONY: run test lint format bench seed migrate check clean
+.PHONY: run test lint format bench cluster seed migrate check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ seed: migrate
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py $(if $(SCALE),--bags $(SCALE))
+
+cluster: $(STAMP)
+	$(BIN)/python scripts/cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache instance/bagtrack.sqlite3*

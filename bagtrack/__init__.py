@@ -34,9 +34,10 @@ def create_app(config: dict | None = None) -> Flask:
     flask_cache.init_app(app)
     compress.init_app(app)
 
-    from . import database, limits, security, web
+    from . import database, limits, replica, security, web
 
     database.init_app(app)
+    replica.init_app(app)
     web.init_app(app)
     security.init_app(app)
 

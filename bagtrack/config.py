@@ -150,6 +150,16 @@ def with_psycopg2(url: str) -> str:
     return url
 
 
+def replica_url(environ: Mapping[str, str]) -> str | None:
+    """``DATABASE_REPLICA_URL``: a PostgreSQL standby of ``DATABASE_URL``'s database, or None."""
+    url = env_str(environ, "DATABASE_REPLICA_URL")
+    if url is None:
+        return None
+    if not url.startswith(("postgres://", "postgresql://", "postgresql+psycopg2://")):
+        raise ConfigError("DATABASE_REPLICA_URL must be a postgresql:// URL (a streaming replica)")
+    return with_psycopg2(url)
+
+
 def embedded_database_url() -> str:
     return f"sqlite:///{INSTANCE_DIR / 'bagtrack.sqlite3'}"
 
@@ -162,6 +172,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     database_url = embedded_database_url() if embedded else with_psycopg2(database_url)
     redis_url = env_str(environ, "REDIS_URL")
 
+    if embedded and env_str(environ, "DATABASE_REPLICA_URL"):
+        raise ConfigError("DATABASE_REPLICA_URL needs DATABASE_URL: a replica follows a PostgreSQL primary")
     secret_key = env_str(environ, "SECRET_KEY")
     if secret_key is None and not embedded:
         raise ConfigError("SECRET_KEY must be set when DATABASE_URL is set (production)")
@@ -201,6 +213,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": env_int(
             environ, "BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10000, minimum=0
         ),
+        # A streaming replica for lists, searches and exports (see replica.py); none by default.
+        "BAGTRACK_REPLICA_URL": replica_url(environ),
+        "BAGTRACK_REPLICA_MAX_LAG_S": env_float(environ, "BAGTRACK_REPLICA_MAX_LAG_S", 5.0),
+        "BAGTRACK_REPLICA_CONNECT_TIMEOUT_S": env_int(environ, "BAGTRACK_REPLICA_CONNECT_TIMEOUT_S", 2, minimum=1),
         # Observability: log level, slow thresholds (0 turns one off), readiness and metrics access.
         "BAGTRACK_LOG_LEVEL": env_log_level(environ, "BAGTRACK_LOG_LEVEL", "INFO"),
         "BAGTRACK_SLOW_REQUEST_MS": env_float(environ, "BAGTRACK_SLOW_REQUEST_MS", 500.0),

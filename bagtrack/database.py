@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 def init_app(app: Flask) -> None:
     with app.app_context():
         engine = db.engine
+    configure_engine(app, engine)
+    _publish_pool_usage(engine)
+    _end_sessions_quietly(app)
+
+
+def configure_engine(app: Flask, engine) -> None:
+    """What every engine of the app gets, the primary's and a replica's alike."""
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     if engine.dialect.name == "postgresql":
@@ -32,8 +39,6 @@ def init_app(app: Flask) -> None:
         )
     if app.config["BAGTRACK_SLOW_QUERY_MS"]:
         _log_slow_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
-    _publish_pool_usage(engine)
-    _end_sessions_quietly(app)
 
 
 def _end_sessions_quietly(app: Flask) -> None:

@@ -61,6 +61,21 @@ POOL_OVERFLOW = Gauge(
 )
 CACHE_LOOKUPS = Counter("bagtrack_cache_lookups_total", "Cache lookups by result (hit or miss).", ["result"])
 RATE_LIMITED = Counter("bagtrack_rate_limited_total", "Requests refused by a rate limit, by limit scope.", ["scope"])
+REPLICA_LAG = Gauge(
+    "bagtrack_replica_lag_seconds",
+    "Replay lag of the read replica as last checked, the worst worker's (-1: unknown or unreachable).",
+    multiprocess_mode="livemax",
+)
+REPLICA_SERVING = Gauge(
+    "bagtrack_replica_serving",
+    "1 while every worker sends routed reads to the replica, 0 while any sends them to the primary.",
+    multiprocess_mode="livemin",
+)
+ROUTED_READS = Counter(
+    "bagtrack_routed_reads_total",
+    "Requests of the views that may read from the replica (lists, searches, exports), by the database that served.",
+    ["database"],
+)
 
 
 def count_cache(hit: bool) -> None:
@@ -71,6 +86,17 @@ def count_cache(hit: bool) -> None:
 def count_rate_limited(scope: str) -> None:
     """Count one request refused by the rate limit named ``scope`` (a fixed name such as "login")."""
     RATE_LIMITED.labels(scope).inc()
+
+
+def count_routed_read(database: str) -> None:
+    """Count one request of a routed view as served by ``database`` ("replica" or "primary")."""
+    ROUTED_READS.labels(database).inc()
+
+
+def publish_replica(serving: bool, lag_s: float | None) -> None:
+    """Publish whether this worker reads from the replica, and the lag it last saw."""
+    REPLICA_SERVING.set(1 if serving else 0)
+    REPLICA_LAG.set(-1 if lag_s is None else lag_s)
 
 
 class PoolUsage:

@@ -11,6 +11,7 @@ from ..cache import dashboard_figures
 from ..codes import normalise
 from ..extensions import db
 from ..models import Bag, Bill
+from ..replica import reads, reads_from_replica
 from ..scanning import find_bag
 from ..shapes import iso, scan_json
 from ..web import json_error
@@ -38,13 +39,14 @@ def _positive_int(name: str, default: int | None, maximum: int | None = None) ->
 
 @bp.get("/scans")
 @login_required
+@reads_from_replica
 def scans():
     try:
         limit = _positive_int("limit", 50, MAX_SCAN_PAGE)
         before = _positive_int("before", None)
     except ValueError as exc:
         return json_error("invalid_input", f"{exc}.")
-    rows = queries.scan_rows(db.session, current_user, limit=limit, before=before)
+    rows = queries.scan_rows(reads(), current_user, limit=limit, before=before)
     next_before = rows[-1].id if len(rows) == limit else None
     return jsonify(scans=[scan_json(row) for row in rows], next_before=next_before)
 

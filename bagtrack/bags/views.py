@@ -11,6 +11,7 @@ from ..codes import QR_MAX_LENGTH, normalise
 from ..errors import Refusal
 from ..extensions import db
 from ..models import Bag, Bill
+from ..replica import reads, reads_from_replica
 from ..shapes import parent_json
 from ..web import before_arg, json_ok, page_after_refusal, refusal_answer, wants_json
 
@@ -34,10 +35,11 @@ def filters_from_args() -> queries.BagFilters:
 
 @bp.get("/bags")
 @login_required
+@reads_from_replica
 def index():
     filters = filters_from_args()
     bags, next_before = queries.bag_page(
-        db.session, current_user, filters, limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg()
+        reads(), current_user, filters, limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg()
     )
     chosen = {name: value for name, value in vars(filters).items() if value}
     return render_template(
@@ -47,7 +49,7 @@ def index():
         chosen=chosen,
         next_before=next_before,
         paged=request.args.get("before") is not None,
-        areas=queries.areas_for(db.session, current_user),
+        areas=queries.areas_for(reads(), current_user),
         kinds=queries.KINDS,
         statuses=queries.STATUSES,
     )

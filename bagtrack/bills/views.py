@@ -12,6 +12,7 @@ from ..codes import normalise
 from ..errors import Refusal
 from ..extensions import db
 from ..models import Bill
+from ..replica import reads, reads_from_replica
 from ..shapes import bill_json, parent_json
 from ..web import before_arg, json_ok, page_after_refusal, refusal_answer, wants_json
 
@@ -24,7 +25,7 @@ BILL_FIELDS = ("bill_no", "capacity", "destination", "vehicle_no", "description"
 def render_list(refusal: Refusal | None = None) -> str:
     status = request.args.get("status") if request.args.get("status") in ("open", "closed") else None
     bills, next_before = queries.bill_page(
-        db.session, limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg(), status=status
+        reads(), limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg(), status=status
     )
     entered = {name: request.form.get(name, "") for name in BILL_FIELDS} if refusal else {}
     return render_template(
@@ -57,6 +58,7 @@ def render_bill_or_error(bill_no: str):
 
 @bp.get("/bills")
 @role_required("biller")
+@reads_from_replica
 def index():
     return render_list()
 

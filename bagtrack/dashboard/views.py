@@ -9,6 +9,7 @@ from .. import queries
 from ..access import area_scope, visible_figures
 from ..cache import dashboard_figures
 from ..extensions import db
+from ..replica import reads, reads_from_replica
 from ..web import before_arg
 
 bp = Blueprint("dashboard", __name__)
@@ -28,10 +29,11 @@ def index():
 
 @bp.get("/scans")
 @login_required
+@reads_from_replica
 def scans():
     limit = current_app.config["BAGTRACK_PAGE_SIZE"]
     before = before_arg()
     # One row more than shown tells whether an older page exists.
-    rows = queries.scan_rows(db.session, current_user, limit=limit + 1, before=before)
+    rows = queries.scan_rows(reads(), current_user, limit=limit + 1, before=before)
     next_before = rows[limit - 1].id if len(rows) > limit else None
     return render_template("dashboard/scans.html", scans=rows[:limit], next_before=next_before, before=before)

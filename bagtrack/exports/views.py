@@ -11,6 +11,7 @@ from ..access import role_required
 from ..errors import Refusal
 from ..extensions import db
 from ..limits import accepts_upload
+from ..replica import reads, reads_from_replica
 from ..web import json_ok, refusal_answer, wants_json
 
 bp = Blueprint("exports", __name__)
@@ -37,12 +38,15 @@ def index():
 
 @bp.get("/exports/<any(bags, scans, bills):what>.<any(csv, xlsx):fmt>")
 @login_required
+@reads_from_replica
 def download(what: str, fmt: str):
     """The export as a streamed download; bad dates are a 400, bills for a dispatcher a 403."""
     days = exporting.parse_days(request.args.get("from"), request.args.get("to"))
     area_id = exporting.scope_for(current_user, what)
+    # Chosen before the audit entry is written: the export never includes what that write changes.
+    source = reads()
     exporting.record_export(db.session, current_user, what, fmt, days)
-    rows = exporting.export_rows(db.session, what, days, area_id)
+    rows = exporting.export_rows(source, what, days, area_id)
     headers = {**PRIVATE, "Content-Disposition": f'attachment; filename="{exporting.filename(what, fmt, days)}"'}
     chunks = exporting.csv_chunks(what, rows) if fmt == "csv" else exporting.xlsx_chunks(what, rows)
     return Response(stream_with_context(chunks), mimetype=exporting.MEDIA_TYPES[fmt], headers=headers)

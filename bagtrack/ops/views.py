@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from .. import observability
+from .. import observability, replica
 from ..extensions import limiter
 from ..web import json_error
 
@@ -21,8 +21,10 @@ def health():
 
 @bp.get("/ready")
 def ready():
-    """Readiness: 200 while the database answers (``degraded`` without Redis), else 503."""
+    """Readiness: 200 while the database answers (``degraded`` without Redis), else 503;
+    and where reads of lists and exports go (a replica down only sends them to the primary)."""
     report = observability.readiness()
+    report["replica"] = replica.status()
     response = jsonify(report)
     response.status_code = 503 if report["status"] == "unavailable" else 200
     response.headers["Cache-Control"] = "no-store"
