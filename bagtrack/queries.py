@@ -93,6 +93,14 @@ def bag_page(session, user: User, filters: BagFilters, *, limit: int, before: in
     return bags[:limit], next_before
 
 
+def holders_of(session, bag: Bag) -> tuple[str | None, Bill | None]:
+    """The code of the parent ``bag`` is in (children) and the bill it travels on: its own, or its parent's."""
+    if bag.parent_id is None:
+        return None, session.get(Bill, bag.bill_id) if bag.bill_id is not None else None
+    parent_qr, bill_id = session.execute(select(Bag.qr, Bag.bill_id).where(Bag.id == bag.parent_id)).one()
+    return parent_qr, session.get(Bill, bill_id) if bill_id is not None else None
+
+
 def children_of(session, parent: Bag) -> list[str]:
     return list(session.scalars(select(Bag.qr).where(Bag.parent_id == parent.id).order_by(Bag.linked_at, Bag.id)))
 
@@ -101,11 +109,32 @@ def parents_on_bill(session, bill: Bill) -> list[Bag]:
     return list(session.scalars(select(Bag).where(Bag.bill_id == bill.id).order_by(Bag.qr)))
 
 
+BILL_STATUSES = ("open", "closed", "cancelled")
+
+
+def bill_exists(session, bill_no: str) -> bool:
+    return session.scalar(select(Bill.id).where(Bill.bill_no == bill_no[:50])) is not None
+
+
+def bill_people(session, bill: Bill) -> dict:
+    """Who created ``bill`` and who closed it last (None when unknown or still open), for its dispatch note."""
+    created_by = session.scalar(select(User.username).where(User.id == bill.created_by_id))
+    closed_by = None
+    if bill.status == "closed":
+        closed_by = session.scalar(
+            select(AuditEntry.actor)
+            .where(AuditEntry.target == bill.bill_no, AuditEntry.action == "bill.close")
+            .order_by(AuditEntry.id.desc())
+            .limit(1)
+        )
+    return {"created_by": created_by, "closed_by": closed_by}
+
+
 def bill_page(session, *, limit: int, before: int | None = None, status: str | None = None):
     statement = select(Bill).order_by(Bill.id.desc()).limit(limit + 1)
     if before is not None:
         statement = statement.where(Bill.id < before)
-    if status in ("open", "closed"):
+    if status in BILL_STATUSES:
         statement = statement.where(Bill.status == status)
     bills = list(session.scalars(statement))
     next_before = bills[limit - 1].id if len(bills) > limit else None

@@ -17,7 +17,7 @@ import pytest
 from conftest import JSON, PASSWORD, BagtrackClient, log_in
 from sqlalchemy import select
 
-from bagtrack import accounts, billing
+from bagtrack import accounts, billing, queries
 from bagtrack.extensions import db, limiter
 from bagtrack.models import Bag, DispatchArea, Scan
 
@@ -84,6 +84,18 @@ MATRIX = [
     page("/bags", "/bags?area=NORTH&kind=parent"),
     page("/bags/<qr>", "/bags/{parent}", other_area=404),
     post("/bags/<qr>/close", "/bags/{parent}/close", biller=303),
+    post(
+        "/bags/<parent>/children/<child>/remove",
+        "/bags/{parent}/children/{child}/remove",
+        form={"reason": "scanned into the wrong bag"},
+        biller=303,
+    ),
+    # The parent is open already: a harmless success.
+    post("/bags/<qr>/reopen", "/bags/{parent}/reopen", form={"reason": "closed too early"}, biller=303),
+    # Its children keep it in use, after the role check.
+    post("/bags/<qr>/delete", "/bags/{parent}/delete", form={"reason": "label printed twice"}, admin=409),
+    page("/labels", "/labels?start=SB00001&count=3", dispatcher=403),
+    Row("GET", "/lookup", "/lookup?q={parent}", 302, 303, 303, 303),
     page("/bills", dispatcher=403),
     post("/bills", form=NEW_BILL, biller=303),
     page("/bills/<bill_no>", "/bills/{bill}", dispatcher=403),
@@ -91,6 +103,9 @@ MATRIX = [
     post("/bills/<bill_no>/parents/<qr>/remove", "/bills/{bill}/parents/{loaded}/remove", biller=303),
     post("/bills/<bill_no>/close", "/bills/{bill}/close", biller=303),
     post("/bills/<bill_no>/reopen", "/bills/{bill}/reopen", biller=303),
+    post("/bills/<bill_no>/edit", "/bills/{bill}/edit", form={"destination": "Port gate 4"}, biller=303),
+    post("/bills/<bill_no>/cancel", "/bills/{bill}/cancel", form={"reason": "truck did not come"}, biller=303),
+    page("/bills/<bill_no>/print", "/bills/{bill}/print", dispatcher=403),
     page("/scans", "/scans"),
     api("/api/stats"),
     api("/api/scans", "/api/scans?limit=5"),
@@ -162,7 +177,8 @@ def floor(app, make_user, make_parent, make_bill):
         parents = [make_parent(f"SB{number}", user=user, children=2 if name == "a" else 1) for number in numbers]
         bill = make_bill(f"B-{name.upper()}", capacity=5)
         billing.load_parent(db.session, user, bill.bill_no, parents[1].qr)
-        objects[name] = {"parent": parents[0].qr, "loaded": parents[1].qr, "bill": bill.bill_no}
+        child = queries.children_of(db.session, parents[0])[0]
+        objects[name] = {"parent": parents[0].qr, "child": child, "loaded": parents[1].qr, "bill": bill.bill_no}
     db.session.commit()
     return objects
 
@@ -240,7 +256,7 @@ def test_writes(app, floor, row, actor):
 )
 def test_json_clients_are_told_to_log_in(app, row):
     response = new_client(app).open(
-        row.path.format(parent="SB10001", loaded="SB10002", bill="B-A"), method=row.method, headers=JSON
+        row.path.format(parent="SB10001", child="C0001", loaded="SB10002", bill="B-A"), method=row.method, headers=JSON
     )
     assert response.status_code == 401
     assert response.get_json() == {"ok": False, "error": "login_required", "message": "Please log in."}

@@ -10,7 +10,6 @@ from ..access import area_scope, may_see_area
 from ..cache import dashboard_figures
 from ..codes import normalise
 from ..extensions import db
-from ..models import Bag, Bill
 from ..scanning import find_bag
 from ..shapes import iso, scan_json
 from ..web import json_error
@@ -56,8 +55,7 @@ def bag(qr: str):
     bag = find_bag(db.session, code[:64]) if 0 < len(code) <= 64 else None
     if bag is None or not may_see_area(current_user, bag.area_id):
         return json_error("not_found", f"Bag {code[:64]} was not found.", 404)
-    parent_qr = db.session.get(Bag, bag.parent_id).qr if bag.parent_id is not None else None
-    bill_no = db.session.get(Bill, bag.bill_id).bill_no if bag.bill_id is not None else None
+    parent_qr, bill = queries.holders_of(db.session, bag)
     children = queries.children_of(db.session, bag) if bag.kind == "parent" else []
     history = queries.scan_rows(db.session, current_user, limit=20, bag=bag)
     return jsonify(
@@ -67,7 +65,7 @@ def bag(qr: str):
         area=bag.area.code,
         created_at=iso(bag.created_at),
         parent=parent_qr,
-        bill_no=bill_no,
+        bill_no=bill.bill_no if bill is not None else None,
         child_count=bag.child_count,
         capacity=bag.capacity if bag.kind == "parent" else None,
         children=children,
