@@ -20,6 +20,7 @@ from .models import Bag, Bill, User, utcnow
 from .scanning import visible_parent
 
 OFFICE_TALLY = 0  # bills belong to no dispatch area
+LOCK_ATTEMPTS = 5
 
 
 @dataclass
@@ -69,15 +70,22 @@ def refuse_unless_open(bill: Bill, **about) -> None:
 def lock_bill_of(session, user: User, parent_qr: str) -> tuple[Bill | None, Bag]:
     """Lock the parent ``parent_qr`` and the bill it is on (if any), bill first as everywhere.
 
-    The parent's bill is read before the locks are taken; if a concurrent
-    load or unload changed it meanwhile, the bill it is on now is locked too.
+    The parent's bill is read before the locks are taken. If a concurrent load
+    or unload changed it meanwhile, the transaction is rolled back and the
+    locks are taken again in order (so call this before writing anything);
+    locking the new bill while holding the parent could deadlock with that
+    load. After a few such races the new bill is locked anyway, and a
+    deadlock, should one follow, is retried like any other.
     """
-    bill_id = session.scalar(select(Bag.bill_id).where(Bag.qr == parent_qr))
-    bill = _lock_bill_by_id(session, bill_id)
+    for _ in range(LOCK_ATTEMPTS):
+        bill_id = session.scalar(select(Bag.bill_id).where(Bag.qr == parent_qr))
+        bill = _lock_bill_by_id(session, bill_id)
+        parent = visible_parent(session, user, parent_qr, lock=True)
+        if parent.bill_id == bill_id:
+            return bill, parent
+        session.rollback()
     parent = visible_parent(session, user, parent_qr, lock=True)
-    if parent.bill_id != bill_id:
-        bill = _lock_bill_by_id(session, parent.bill_id)
-    return bill, parent
+    return _lock_bill_by_id(session, parent.bill_id), parent
 
 
 def _lock_bill_by_id(session, bill_id: int | None) -> Bill | None:
