@@ -166,7 +166,8 @@ def test_editing_an_open_bill(office, make_parent, make_bill):
     change = billing.edit_bill(
         db.session, office, "b-1", {"destination": "Port gate 4", "vehicle_no": "mh 12 ab 1234", "capacity": "2"}
     )
-    assert (change.bill.destination, change.bill.vehicle_no, change.bill.capacity) == ("Port gate 4", "MH 12 AB 1234", 2)
+    bill = change.bill
+    assert (bill.destination, bill.vehicle_no, bill.capacity) == ("Port gate 4", "MH 12 AB 1234", 2)
     assert last_audit()[0] == "bill.edit"
     assert billing.edit_bill(db.session, office, "B-1", {"destination": "Port gate 4"}).duplicate is True
     refused("invalid_input", billing.edit_bill, office, "B-1", {"capacity": "1"})
