@@ -250,8 +250,6 @@ class Scan(db.Model):
             postgresql_where=text("outcome = 'rejected'"),
             sqlite_where=text("outcome = 'rejected'"),
         ),
-        # Day filters find their first and last id by time.
-        Index("ix_scan_at", "at"),
     )
 
 

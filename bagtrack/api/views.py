@@ -9,6 +9,7 @@ from .. import queries
 from ..access import area_scope, may_see_area
 from ..cache import dashboard_figures
 from ..codes import normalise
+from ..errors import Refusal
 from ..extensions import db
 from ..scanning import find_bag
 from ..shapes import iso, scan_json
@@ -43,7 +44,11 @@ def scans():
         before = _positive_int("before", None)
     except ValueError as exc:
         return json_error("invalid_input", f"{exc}.")
-    rows = queries.scan_rows(db.session, current_user, limit=limit, before=before)
+    try:
+        filters = queries.ScanFilters.from_args(request.args)
+    except Refusal as refusal:
+        return json_error(refusal.code, refusal.message)
+    rows = queries.scan_rows(db.session, current_user, limit=limit, before=before, filters=filters)
     next_before = rows[-1].id if len(rows) == limit else None
     return jsonify(scans=[scan_json(row) for row in rows], next_before=next_before)
 

@@ -22,16 +22,19 @@ BILL_FIELDS = ("bill_no", "capacity", "destination", "vehicle_no", "description"
 
 
 def render_list(refusal: Refusal | None = None) -> str:
-    status = request.args.get("status") if request.args.get("status") in queries.BILL_STATUSES else None
+    filters = queries.BillFilters.from_args(request.args)
     bills, next_before = queries.bill_page(
-        db.session, limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg(), status=status
+        db.session, limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg(), filters=filters
     )
+    chosen = {"q": filters.q, "status": filters.status, **queries.days_chosen(request.args)}
     entered = {name: request.form.get(name, "") for name in BILL_FIELDS} if refusal else {}
     return render_template(
         "bills/index.html",
         bills=[(bill, bill_json(bill)) for bill in bills],
         next_before=next_before,
-        status=status,
+        status=filters.status,
+        filters=filters,
+        chosen={name: value for name, value in chosen.items() if value},
         entered=entered,
         refusal=refusal,
     )

@@ -44,7 +44,6 @@ def upgrade():
     with op.batch_alter_table('scan', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('ck_scan_kind_valid'), type_='check')
         batch_op.create_check_constraint('kind_valid', SCAN_KINDS)
-        batch_op.create_index('ix_scan_at', ['at'], unique=False)
         batch_op.create_index('ix_scan_kind_id', ['kind', 'id'], unique=False)
         batch_op.create_index('ix_scan_reason_id', ['reason', 'id'], unique=False, postgresql_where=sa.text('reason is not null'), sqlite_where=sa.text('reason is not null'))
         batch_op.create_index('ix_scan_rejected_id', ['id'], unique=False, postgresql_where=sa.text("outcome = 'rejected'"), sqlite_where=sa.text("outcome = 'rejected'"))
@@ -63,7 +62,6 @@ def downgrade():
         batch_op.drop_index('ix_scan_rejected_id', postgresql_where=sa.text("outcome = 'rejected'"), sqlite_where=sa.text("outcome = 'rejected'"))
         batch_op.drop_index('ix_scan_reason_id', postgresql_where=sa.text('reason is not null'), sqlite_where=sa.text('reason is not null'))
         batch_op.drop_index('ix_scan_kind_id')
-        batch_op.drop_index('ix_scan_at')
         batch_op.drop_constraint(batch_op.f('ck_scan_kind_valid'), type_='check')
         batch_op.create_check_constraint('kind_valid', OLD_SCAN_KINDS)
 
