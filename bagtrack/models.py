@@ -235,7 +235,8 @@ class Scan(db.Model):
         Index("ix_scan_bill_id_id", "bill_id", "id"),
         Index("ix_scan_area_id_id", "area_id", "id"),
         Index("ix_scan_user_id_id", "user_id", "id"),
-        # The scan log's filters, each keyset-paginated by id.
+        # The scan log's filters, each keyset-paginated by id, also within a dispatcher's area.
+        # Refusals and duplicates are a small share of the log: their partial indexes cost little.
         Index("ix_scan_kind_id", "kind", "id"),
         Index(
             "ix_scan_reason_id",
@@ -245,7 +246,22 @@ class Scan(db.Model):
             sqlite_where=text("reason is not null"),
         ),
         Index(
+            "ix_scan_area_id_reason_id",
+            "area_id",
+            "reason",
+            "id",
+            postgresql_where=text("reason is not null"),
+            sqlite_where=text("reason is not null"),
+        ),
+        Index(
             "ix_scan_rejected_id",
+            "id",
+            postgresql_where=text("outcome = 'rejected'"),
+            sqlite_where=text("outcome = 'rejected'"),
+        ),
+        Index(
+            "ix_scan_rejected_area_id_id",
+            "area_id",
             "id",
             postgresql_where=text("outcome = 'rejected'"),
             sqlite_where=text("outcome = 'rejected'"),
