@@ -33,8 +33,8 @@ def remove_child(session, user: User, raw_parent: str | None, raw_child: str | N
     """Take any child out of a parent, whoever scanned it and whenever.
 
     The parent may sit on an open bill (its totals follow) but not on a
-    closed one (``bill_closed``) or a cancelled one; a child not in this
-    parent is ``child_not_in_parent``. The child stays, loose; a complete
+    closed one (``bill_closed``); a child not in this parent is
+    ``child_not_in_parent``. The child stays, loose; a complete
     parent becomes open again.
     """
 

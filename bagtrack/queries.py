@@ -15,7 +15,7 @@ from sqlalchemy import and_, func, literal_column, or_, select
 from sqlalchemy.orm import aliased
 
 from .access import area_scope, scoped
-from .codes import normalise
+from .codes import normalise, without_controls
 from .errors import Refusal
 from .exporting import Days, parse_day
 from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User
@@ -52,7 +52,7 @@ class ScanFilters:
             raise Refusal("invalid_input", "A reason is a code such as parent_full or duplicate.")
         first, end = day_bounds(args)
         return cls(
-            user=(args.get("user") or "").strip()[:64] or None,
+            user=without_controls(args.get("user")).strip()[:64] or None,
             outcome=outcome,
             reason=reason,
             kind=kind,
