@@ -18,7 +18,7 @@ from .access import area_scope, scoped
 from .codes import normalise, without_controls
 from .errors import Refusal
 from .exporting import Days, parse_day
-from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User
+from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User, utcnow
 from .timeline import SLACK, first_id_from
 
 SCAN_KINDS = ("parent", "child", "undo", "close", "load", "unload", "remove", "reopen")
@@ -149,8 +149,10 @@ def _filtered_scans(session, statement, filters: ScanFilters):
         first = first_id_from(session, Scan.id, Scan.at, filters.first - SLACK)
         statement = statement.where(Scan.at >= filters.first, Scan.id >= first)
     if filters.end is not None:
-        stop = first_id_from(session, Scan.id, Scan.at, filters.end + SLACK)
-        statement = statement.where(Scan.at < filters.end, Scan.id < stop)
+        statement = statement.where(Scan.at < filters.end)
+        # A range ending today or later needs no upper id: no row is that new yet.
+        if filters.end + SLACK < utcnow():
+            statement = statement.where(Scan.id < first_id_from(session, Scan.id, Scan.at, filters.end + SLACK))
     return statement
 
 
