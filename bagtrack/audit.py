@@ -6,7 +6,10 @@ import json
 
 from flask import g, has_request_context
 
+from .errors import Refusal
 from .models import AuditEntry, User
+
+REASON_MAX = 500
 
 
 def record(session, user: User | None, action: str, target: str, *, before=None, after=None) -> None:
@@ -23,3 +26,14 @@ def record(session, user: User | None, action: str, target: str, *, before=None,
             request_id=request_id,
         )
     )
+
+
+def reason_given(raw) -> str:
+    """The reason for a correction: printable text of 1–500 characters (``invalid_input`` otherwise)."""
+    reason = raw if isinstance(raw, str) else ""
+    reason = "".join(ch for ch in reason if ch.isprintable()).strip()
+    if not reason:
+        raise Refusal("invalid_input", "Give a reason for the correction.")
+    if len(reason) > REASON_MAX:
+        raise Refusal("invalid_input", f"A reason is at most {REASON_MAX} characters.")
+    return reason

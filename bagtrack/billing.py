@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .audit import record
+from .audit import reason_given, record
 from .codes import normalise, normalise_bill_no, require_kind
 from .errors import Refusal
-from .ledger import add_to_tally, count_scan, in_transaction
+from .ledger import add_to_tally, count_scan, in_transaction, log_scan
 from .models import Bag, Bill, User, utcnow
 from .scanning import visible_parent
 
 OFFICE_TALLY = 0  # bills belong to no dispatch area
+LOCK_ATTEMPTS = 5
 
 
 @dataclass
@@ -49,6 +50,50 @@ def find_bill(session, raw_bill_no: str | None, *, lock: bool = False) -> Bill:
     if bill is None:
         raise Refusal("bill_not_found", f"Bill {bill_no[:50]} was not found.", qr=bill_no[:64])
     return bill
+
+
+def refuse_if_cancelled(bill: Bill, **about) -> None:
+    """A cancelled bill is kept for the record only: every change to it is ``bill_cancelled``."""
+    if bill.status == "cancelled":
+        raise Refusal(
+            "bill_cancelled", f"Bill {bill.bill_no} was cancelled; it can no longer change.", bill=bill, **about
+        )
+
+
+def refuse_unless_open(bill: Bill, **about) -> None:
+    """Only an open bill takes changes: ``bill_cancelled``, or ``bill_closed`` (reopen it first)."""
+    refuse_if_cancelled(bill, **about)
+    if bill.status != "open":
+        raise Refusal("bill_closed", f"Bill {bill.bill_no} is closed.", bill=bill, **about)
+
+
+def lock_bill_of(session, user: User, parent_qr: str) -> tuple[Bill | None, Bag]:
+    """Lock the parent ``parent_qr`` and the bill it is on (if any), bill first as everywhere.
+
+    The parent's bill is read before the locks are taken. If a concurrent load
+    or unload changed it meanwhile, the transaction is rolled back and the
+    locks are taken again in order (so call this before writing anything);
+    locking the new bill while holding the parent could deadlock with that
+    load. After a few such races the new bill is locked anyway, and a
+    deadlock, should one follow, is retried like any other.
+    """
+    for _ in range(LOCK_ATTEMPTS):
+        bill_id = session.scalar(select(Bag.bill_id).where(Bag.qr == parent_qr))
+        bill = _lock_bill_by_id(session, bill_id)
+        parent = visible_parent(session, user, parent_qr, lock=True)
+        if parent.bill_id == bill_id:
+            return bill, parent
+        session.rollback()
+    parent = visible_parent(session, user, parent_qr, lock=True)
+    return _lock_bill_by_id(session, parent.bill_id), parent
+
+
+def _lock_bill_by_id(session, bill_id: int | None) -> Bill | None:
+    if bill_id is None:
+        return None
+    return session.scalars(
+        select(Bill).where(Bill.id == bill_id).with_for_update(key_share=True).execution_options(populate_existing=True)
+    ).one()
 
 
 def _text_field(fields: dict, name: str, limit: int, label: str, *, upper: bool = False) -> str:
@@ -141,8 +186,7 @@ def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None
         if parent.bill_id == bill.id:
             count_scan(session, user, "load", parent=parent, bill_id=bill.id, reason="duplicate")
             return BillChange(bill, parent, duplicate=True)
-        if bill.status != "open":
-            raise Refusal("bill_closed", f"Bill {bill.bill_no} is closed.", qr=parent.qr, parent=parent, bill=bill)
+        refuse_unless_open(bill, qr=parent.qr, parent=parent)
         if parent.bill_id is not None:
             other = session.scalar(select(Bill.bill_no).where(Bill.id == parent.bill_id))
             raise Refusal(
@@ -189,8 +233,7 @@ def remove_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | No
         code = require_kind(raw_qr, "parent")
         bill = find_bill(session, raw_bill_no, lock=True)
         parent = visible_parent(session, user, code.value, lock=True)
-        if bill.status != "open":
-            raise Refusal("bill_closed", f"Bill {bill.bill_no} is closed.", qr=parent.qr, parent=parent, bill=bill)
+        refuse_unless_open(bill, qr=parent.qr, parent=parent)
         if parent.bill_id != bill.id:
             raise Refusal(
                 "parent_not_on_bill",
@@ -220,6 +263,7 @@ def close_bill(session, user: User, raw_bill_no: str | None) -> BillChange:
         bill = find_bill(session, raw_bill_no, lock=True)
         if bill.status == "closed":
             return BillChange(bill, duplicate=True)
+        refuse_unless_open(bill)
         if bill.parent_count == 0:
             raise Refusal("bill_empty", f"Bill {bill.bill_no} has no parent bags; load one before closing it.")
         before = bill_snapshot(bill)
@@ -240,12 +284,122 @@ def reopen_bill(session, user: User, raw_bill_no: str | None) -> BillChange:
         bill = find_bill(session, raw_bill_no, lock=True)
         if bill.status == "open":
             return BillChange(bill, duplicate=True)
+        refuse_if_cancelled(bill)
         before = bill_snapshot(bill)
         bill.status = "open"
         bill.closed_at = None
         session.flush()
         add_to_tally(session, OFFICE_TALLY, bills_open=1, bills_closed=-1)
         record(session, user, "bill.reopen", bill.bill_no, before=before, after=bill_snapshot(bill))
+        return BillChange(bill)
+
+    return in_transaction(session, work, user=user)
+
+
+EDITABLE_FIELDS = ("destination", "vehicle_no", "description", "capacity")
+
+
+def edit_bill(session, user: User, raw_bill_no: str | None, fields: dict) -> BillChange:
+    """Correct the destination, vehicle number, description or capacity of an open bill.
+
+    Only the fields present change, checked as when the bill was created; the
+    capacity cannot go below the parent bags already loaded
+    (``invalid_input``). A closed bill is ``bill_closed``, a cancelled one
+    ``bill_cancelled``. An optional ``reason`` goes to the audit log.
+    """
+
+    def work() -> BillChange:
+        bill = find_bill(session, raw_bill_no, lock=True)
+        refuse_unless_open(bill)
+        checks = {
+            "destination": lambda: _text_field(fields, "destination", 200, "Destination"),
+            "vehicle_no": lambda: _text_field(fields, "vehicle_no", 50, "Vehicle number", upper=True),
+            "description": lambda: _text_field(fields, "description", 2000, "Description"),
+            "capacity": lambda: _capacity(fields.get("capacity")),
+        }
+        changes = {name: checks[name]() for name in EDITABLE_FIELDS if name in fields}
+        reason = _text_field(fields, "reason", 500, "Reason")
+        if changes.get("capacity", bill.capacity) < bill.parent_count:
+            raise Refusal(
+                "invalid_input",
+                f"Bill {bill.bill_no} already carries {bill.parent_count} parent bags; "
+                "its capacity cannot be less than that.",
+            )
+        before = {name: getattr(bill, name) for name in changes}
+        changed = {name: value for name, value in changes.items() if before[name] != value}
+        if not changed:
+            return BillChange(bill, duplicate=True)
+        for name, value in changed.items():
+            setattr(bill, name, value)
+        session.flush()
+        record(
+            session,
+            user,
+            "bill.edit",
+            bill.bill_no,
+            before={name: before[name] for name in changed},
+            after={**changed, "reason": reason},
+        )
+        return BillChange(bill)
+
+    return in_transaction(session, work, user=user)
+
+
+def cancel_bill(session, user: User, raw_bill_no: str | None, raw_reason) -> BillChange:
+    """Cancel an open bill: its parent bags are unloaded and it stays listed, empty, for the record.
+
+    Cancelling a cancelled bill is a ``duplicate``; a closed bill is
+    ``bill_closed`` (reopen it first). Each parent's unloading is written to
+    the scan log with reason ``cancelled``; the audit log names them all.
+    """
+
+    def work() -> BillChange:
+        reason = reason_given(raw_reason)
+        bill = find_bill(session, raw_bill_no, lock=True)
+        if bill.status == "cancelled":
+            return BillChange(bill, duplicate=True)
+        refuse_unless_open(bill)
+        before = bill_snapshot(bill)
+        parents = list(
+            session.scalars(
+                select(Bag)
+                .where(Bag.bill_id == bill.id)
+                .order_by(Bag.id)
+                .with_for_update(key_share=True, of=Bag)
+                .execution_options(populate_existing=True)
+            )
+        )
+        unloaded_by_area: dict[int, int] = {}
+        for parent in parents:
+            parent.bill_id = None
+            log_scan(
+                session,
+                user=user,
+                kind="unload",
+                qr=parent.qr,
+                bag_id=parent.id,
+                parent_id=parent.id,
+                bill_id=bill.id,
+                area_id=parent.area_id,
+                reason="cancelled",
+            )
+            unloaded_by_area[parent.area_id] = unloaded_by_area.get(parent.area_id, 0) + 1
+        bill.status = "cancelled"
+        bill.parent_count = 0
+        bill.child_count = 0
+        session.flush()
+        # One tally row per area, in a fixed order.
+        for area_id, count in sorted(unloaded_by_area.items()):
+            add_to_tally(session, area_id, scans_ok=count, parents_billed=-count)
+        add_to_tally(session, OFFICE_TALLY, bills_open=-1)
+        record(
+            session,
+            user,
+            "bill.cancel",
+            bill.bill_no,
+            before={**before, "parents": [parent.qr for parent in parents]},
+            after={**bill_snapshot(bill), "reason": reason},
+        )
         return BillChange(bill)
 
     return in_transaction(session, work, user=user)

@@ -95,8 +95,8 @@ def parse_days(raw_from: str | None, raw_to: str | None, today: date | None = No
     ``MAX_DAYS`` days is ``invalid_input``.
     """
     today = today or datetime.now(UTC).date()
-    last = _day(raw_to, "to") or today
-    first = _day(raw_from, "from") or max(last - timedelta(days=DEFAULT_DAYS - 1), FIRST_DAY)
+    last = parse_day(raw_to, "to") or today
+    first = parse_day(raw_from, "from") or max(last - timedelta(days=DEFAULT_DAYS - 1), FIRST_DAY)
     if first > last:
         raise Refusal("invalid_input", f"'from' ({first.isoformat()}) is after 'to' ({last.isoformat()}).")
     if (last - first).days + 1 > MAX_DAYS:
@@ -104,7 +104,7 @@ def parse_days(raw_from: str | None, raw_to: str | None, today: date | None = No
     return Days(first, last)
 
 
-def _day(raw: str | None, name: str) -> date | None:
+def parse_day(raw: str | None, name: str) -> date | None:
     raw = (raw or "").strip()
     if not raw:
         return None

@@ -155,12 +155,20 @@ class Bill(db.Model):
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
-        CheckConstraint("status in ('open', 'closed')", name="status_valid"),
+        CheckConstraint("status in ('open', 'closed', 'cancelled')", name="status_valid"),
         CheckConstraint("capacity between 1 and 500", name="capacity_range"),
         CheckConstraint("parent_count between 0 and capacity", name="parent_count_range"),
         CheckConstraint("child_count >= 0", name="child_count_non_negative"),
-        CheckConstraint("status = 'open' or parent_count > 0", name="closed_not_empty"),
+        CheckConstraint("status <> 'closed' or parent_count > 0", name="closed_not_empty"),
+        CheckConstraint("status <> 'cancelled' or parent_count = 0", name="cancelled_empty"),
         Index("ix_bill_status_id", "status", "id"),
+        # The bill list's search: a bill number prefix (PostgreSQL, whatever the collation) or destination words.
+        Index("ix_bill_bill_no_prefix", "bill_no", postgresql_ops={"bill_no": "varchar_pattern_ops"}),
+        Index(
+            "ix_bill_destination_words",
+            text("to_tsvector('simple', destination)"),
+            postgresql_using="gin",
+        ).ddl_if(dialect="postgresql"),
     )
 
 
@@ -235,14 +243,17 @@ class Scan(db.Model):
     outcome: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str | None] = mapped_column(String(32))
     qr: Mapped[str] = mapped_column(String(64), default="")
-    bag_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("bag.id"))
-    parent_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("bag.id"))
+    # A deleted bag's scan-log rows stay, with its code in ``qr``.
+    bag_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("bag.id", ondelete="SET NULL"))
+    parent_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("bag.id", ondelete="SET NULL"))
     bill_id: Mapped[int | None] = mapped_column(ForeignKey("bill.id"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     area_id: Mapped[int | None] = mapped_column(ForeignKey("dispatch_area.id"))
 
     __table_args__ = (
-        CheckConstraint("kind in ('parent', 'child', 'undo', 'close', 'load', 'unload')", name="kind_valid"),
+        CheckConstraint(
+            "kind in ('parent', 'child', 'undo', 'close', 'load', 'unload', 'remove', 'reopen')", name="kind_valid"
+        ),
         CheckConstraint(
             "(outcome = 'ok') or (outcome = 'rejected' and reason is not null)",
             name="outcome_valid",
@@ -252,6 +263,37 @@ class Scan(db.Model):
         Index("ix_scan_bill_id_id", "bill_id", "id"),
         Index("ix_scan_area_id_id", "area_id", "id"),
         Index("ix_scan_user_id_id", "user_id", "id"),
+        # The scan log's filters, each keyset-paginated by id, also within a dispatcher's area.
+        # Refusals and duplicates are a small share of the log: their partial indexes cost little.
+        Index("ix_scan_kind_id", "kind", "id"),
+        Index(
+            "ix_scan_reason_id",
+            "reason",
+            "id",
+            postgresql_where=text("reason is not null"),
+            sqlite_where=text("reason is not null"),
+        ),
+        Index(
+            "ix_scan_area_id_reason_id",
+            "area_id",
+            "reason",
+            "id",
+            postgresql_where=text("reason is not null"),
+            sqlite_where=text("reason is not null"),
+        ),
+        Index(
+            "ix_scan_rejected_id",
+            "id",
+            postgresql_where=text("outcome = 'rejected'"),
+            sqlite_where=text("outcome = 'rejected'"),
+        ),
+        Index(
+            "ix_scan_rejected_area_id_id",
+            "area_id",
+            "id",
+            postgresql_where=text("outcome = 'rejected'"),
+            sqlite_where=text("outcome = 'rejected'"),
+        ),
     )
 
 
@@ -304,3 +346,6 @@ class AuditEntry(db.Model):
     before: Mapped[str | None] = mapped_column(Text)
     after: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(64))
+
+    # The history of one bill or bag (who closed a bill, for its dispatch note).
+    __table_args__ = (Index("ix_audit_log_target_id", "target", "id"),)

@@ -7,17 +7,91 @@ query is scoped to the areas the user may see.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
+from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, func, literal_column, or_, select
 from sqlalchemy.orm import aliased
 
 from .access import area_scope, scoped
-from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User
+from .codes import normalise, without_controls
+from .errors import Refusal
+from .exporting import Days, parse_day
+from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User, utcnow
+from .timeline import SLACK, first_id_from
+
+SCAN_KINDS = ("parent", "child", "undo", "close", "load", "unload", "remove", "reopen")
+OUTCOMES = ("ok", "rejected")
+REASON_PATTERN = re.compile(r"^[a-z_]{1,32}$", re.ASCII)
+
+
+@dataclass(frozen=True)
+class ScanFilters:
+    """The scan log's filters as the user chose them (None: not filtered)."""
+
+    user: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    kind: str | None = None
+    area: str | None = None
+    first: datetime | None = None
+    end: datetime | None = None
+
+    @classmethod
+    def from_args(cls, args) -> ScanFilters:
+        """Read the filters from a query string; a value that cannot be one is ``invalid_input``."""
+        outcome = (args.get("outcome") or "").strip().lower() or None
+        kind = (args.get("kind") or "").strip().lower() or None
+        reason = (args.get("reason") or "").strip().lower() or None
+        if outcome is not None and outcome not in OUTCOMES:
+            raise Refusal("invalid_input", f"An outcome is one of: {', '.join(OUTCOMES)}.")
+        if kind is not None and kind not in SCAN_KINDS:
+            raise Refusal("invalid_input", f"A kind of scan is one of: {', '.join(SCAN_KINDS)}.")
+        if reason is not None and not REASON_PATTERN.fullmatch(reason):
+            raise Refusal("invalid_input", "A reason is a code such as parent_full or duplicate.")
+        first, end = day_bounds(args)
+        return cls(
+            user=without_controls(args.get("user")).strip()[:64] or None,
+            outcome=outcome,
+            reason=reason,
+            kind=kind,
+            area=normalise(args.get("area"))[:20] or None,
+            first=first,
+            end=end,
+        )
+
+    def chosen(self) -> dict:
+        """The filters in use, as query-string arguments (for the pager's links)."""
+        chosen = {field.name: getattr(self, field.name) for field in fields(self)}
+        chosen.pop("first"), chosen.pop("end")
+        return {name: value for name, value in chosen.items() if value}
+
+
+def day_bounds(args) -> tuple[datetime | None, datetime | None]:
+    """The instants ``from`` (a day, included) and ``to`` (a day, included) of a list filter stand for."""
+    first = parse_day(args.get("from"), "from")
+    last = parse_day(args.get("to"), "to")
+    if first is not None and last is not None and first > last:
+        raise Refusal("invalid_input", f"'from' ({first.isoformat()}) is after 'to' ({last.isoformat()}).")
+    start = Days(first, first).start if first is not None else None
+    end = Days(last, last).end if last is not None else None
+    return start, end
+
+
+def days_chosen(args) -> dict:
+    return {name: args.get(name).strip() for name in ("from", "to") if (args.get(name) or "").strip()}
 
 
 def scan_rows(
-    session, user: User, *, limit: int, before: int | None = None, bag: Bag | None = None, bill: Bill | None = None
+    session,
+    user: User,
+    *,
+    limit: int,
+    before: int | None = None,
+    bag: Bag | None = None,
+    bill: Bill | None = None,
+    filters: ScanFilters | None = None,
 ):
     """Scan log rows the user may see, newest first, with names instead of ids."""
     parent = aliased(Bag)
@@ -51,7 +125,35 @@ def scan_rows(
             statement = statement.where(Scan.bag_id == bag.id)
     if bill is not None:
         statement = statement.where(Scan.bill_id == bill.id)
+    if filters is not None:
+        statement = _filtered_scans(session, statement, filters)
     return session.execute(statement).all()
+
+
+def _filtered_scans(session, statement, filters: ScanFilters):
+    """Each filter is served by an index: (user_id, id), (area_id, id), (kind, id), the partial
+    (reason, id) and rejected-only (id) ones, and the day range by the primary key, as an id range."""
+    if filters.user:
+        user_id = session.scalar(select(User.id).where(User.username == filters.user))
+        statement = statement.where(Scan.user_id == (user_id or -1))
+    if filters.area:
+        area_id = session.scalar(select(DispatchArea.id).where(DispatchArea.code == filters.area))
+        statement = statement.where(Scan.area_id == (area_id or -1))
+    if filters.kind:
+        statement = statement.where(Scan.kind == filters.kind)
+    if filters.outcome:
+        statement = statement.where(Scan.outcome == filters.outcome)
+    if filters.reason:
+        statement = statement.where(Scan.reason == filters.reason, Scan.reason.is_not(None))
+    if filters.first is not None:
+        first = first_id_from(session, Scan.id, Scan.at, filters.first - SLACK)
+        statement = statement.where(Scan.at >= filters.first, Scan.id >= first)
+    if filters.end is not None:
+        statement = statement.where(Scan.at < filters.end)
+        # A range ending today or later needs no upper id: no row is that new yet.
+        if filters.end + SLACK < utcnow():
+            statement = statement.where(Scan.id < first_id_from(session, Scan.id, Scan.at, filters.end + SLACK))
+    return statement
 
 
 @dataclass
@@ -93,6 +195,14 @@ def bag_page(session, user: User, filters: BagFilters, *, limit: int, before: in
     return bags[:limit], next_before
 
 
+def holders_of(session, bag: Bag) -> tuple[str | None, Bill | None]:
+    """The code of the parent ``bag`` is in (children) and the bill it travels on: its own, or its parent's."""
+    if bag.parent_id is None:
+        return None, session.get(Bill, bag.bill_id) if bag.bill_id is not None else None
+    parent_qr, bill_id = session.execute(select(Bag.qr, Bag.bill_id).where(Bag.id == bag.parent_id)).one()
+    return parent_qr, session.get(Bill, bill_id) if bill_id is not None else None
+
+
 def children_of(session, parent: Bag) -> list[str]:
     return list(session.scalars(select(Bag.qr).where(Bag.parent_id == parent.id).order_by(Bag.linked_at, Bag.id)))
 
@@ -101,15 +211,81 @@ def parents_on_bill(session, bill: Bill) -> list[Bag]:
     return list(session.scalars(select(Bag).where(Bag.bill_id == bill.id).order_by(Bag.qr)))
 
 
-def bill_page(session, *, limit: int, before: int | None = None, status: str | None = None):
+BILL_STATUSES = ("open", "closed", "cancelled")
+
+
+def bill_exists(session, bill_no: str) -> bool:
+    return session.scalar(select(Bill.id).where(Bill.bill_no == bill_no[:50])) is not None
+
+
+def bill_people(session, bill: Bill) -> dict:
+    """Who created ``bill`` and who closed it last (None when unknown or still open), for its dispatch note."""
+    created_by = session.scalar(select(User.username).where(User.id == bill.created_by_id))
+    closed_by = None
+    if bill.status == "closed":
+        closed_by = session.scalar(
+            select(AuditEntry.actor)
+            .where(AuditEntry.target == bill.bill_no, AuditEntry.action == "bill.close")
+            .order_by(AuditEntry.id.desc())
+            .limit(1)
+        )
+    return {"created_by": created_by, "closed_by": closed_by}
+
+
+@dataclass(frozen=True)
+class BillFilters:
+    """The bill list's filters: ``q`` a bill number prefix or destination words, a status, created days."""
+
+    q: str | None = None
+    status: str | None = None
+    first: datetime | None = None
+    end: datetime | None = None
+
+    @classmethod
+    def from_args(cls, args) -> BillFilters:
+        status = (args.get("status") or "").strip().lower() or None
+        if status is not None and status not in BILL_STATUSES:
+            raise Refusal("invalid_input", f"A bill status is one of: {', '.join(BILL_STATUSES)}.")
+        q = " ".join("".join(ch for ch in (args.get("q") or "") if ch.isprintable()).split())[:100] or None
+        first, end = day_bounds(args)
+        return cls(q=q, status=status, first=first, end=end)
+
+
+def bill_page(session, *, limit: int, before: int | None = None, filters: BillFilters | None = None):
+    """One page of bills, newest first, and the id to pass as ``before`` for the next (or None).
+
+    ``q`` finds bills whose number starts with it (the prefix index) or whose
+    destination holds all of its words (a full-text index on PostgreSQL).
+    """
+    filters = filters or BillFilters()
     statement = select(Bill).order_by(Bill.id.desc()).limit(limit + 1)
     if before is not None:
         statement = statement.where(Bill.id < before)
-    if status in ("open", "closed"):
-        statement = statement.where(Bill.status == status)
+    if filters.status:
+        statement = statement.where(Bill.status == filters.status)
+    if filters.q:
+        statement = statement.where(
+            or_(
+                Bill.bill_no.startswith(normalise(filters.q), autoescape=True),
+                _destination_has_words(session, filters.q),
+            )
+        )
+    if filters.first is not None:
+        statement = statement.where(Bill.created_at >= filters.first)
+    if filters.end is not None:
+        statement = statement.where(Bill.created_at < filters.end)
     bills = list(session.scalars(statement))
     next_before = bills[limit - 1].id if len(bills) > limit else None
     return bills[:limit], next_before
+
+
+def _destination_has_words(session, words: str):
+    if session.get_bind().dialect.name == "postgresql":
+        # The expression of the index ix_bill_destination_words, so the planner can use it.
+        return func.to_tsvector(literal_column("'simple'"), Bill.destination).op("@@")(
+            func.plainto_tsquery(literal_column("'simple'"), words)
+        )
+    return and_(*(Bill.destination.contains(word, autoescape=True) for word in words.split()))
 
 
 def areas_for(session, user: User) -> list[DispatchArea]:

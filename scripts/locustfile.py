@@ -10,8 +10,9 @@ What they do depends on the phase the benchmark is in (``SHARED.mode``):
 - ``noop`` / ``redis`` / ``write``: the baseline app's routes, hammered alone.
 
 The mix on the floor: child scans 70 %, parent scans 10 % (resuming the
-user's parent), bill loading 5 % (the billers), dashboard 5 %, ``/api/stats``
-5 %, a seeded bag of the user's area 5 % (page and API by halves). A
+user's parent), bill loading 5 % (the billers, who search the bill list one
+time in ten), dashboard 5 %, ``/api/stats`` 5 %, a seeded bag of the user's
+area 5 % (page and API by halves), a filtered scan log 1 %. A
 scanner fills its own parent and starts a new one, with a fresh code from a
 range reserved for the benchmark, as soon as the answer says it is complete;
 billers load those completed parents (or seeded complete ones) onto bills.
@@ -49,7 +50,11 @@ FLOOR_MIX = (
     ("stats", 5),
     ("bag_page", 2.5),
     ("bag_api", 2.5),
+    ("filtered_scans", 1),
 )
+# What a supervisor asks the scan log and the office asks the bill list.
+SCAN_FILTERS = ("outcome=rejected", "reason=duplicate", "kind=parent", "reason=parent_full", "from={today}")
+BILL_FILTERS = ("status=open", "q=BL-0", "q=hamburg", "status=closed&from={today}")
 BILL_CAPACITY = 20
 
 
@@ -273,6 +278,14 @@ class WarehouseUser(FastHttpUser):
             else:
                 refuse(response, body)
 
+    def filtered_scans(self) -> None:
+        query = random.choice(SCAN_FILTERS).format(today=time.strftime("%Y-%m-%d", time.gmtime()))
+        self.get_page(f"/scans?{query}", "/scans?<filters>")
+
+    def filtered_bills(self) -> None:
+        query = random.choice(BILL_FILTERS).format(today=time.strftime("%Y-%m-%d", time.gmtime()))
+        self.get_page(f"/bills?{query}", "/bills?<filters>")
+
     def get_page(self, path: str, name: str) -> None:
         with self.client.get(path, name=name, headers=PAGE, catch_response=True) as response:
             if response.status_code == 200 and "<html" in (response.text or "")[:200].lower():
@@ -315,7 +328,7 @@ class BillerUser(WarehouseUser):
         super().on_start()
 
     def floor_action(self) -> str:
-        return "bill_loading"
+        return random.choices(("bill_loading", "filtered_bills"), (9, 1))[0]
 
     def bill_loading(self) -> None:
         if self.bill is None or self.bill_full:

@@ -90,6 +90,18 @@ MATRIX = [
     page("/bags", "/bags?area=NORTH&kind=parent"),
     page("/bags/<qr>", "/bags/{parent}", other_area=404),
     post("/bags/<qr>/close", "/bags/{parent}/close", biller=303),
+    post(
+        "/bags/<parent>/children/<child>/remove",
+        "/bags/{parent}/children/{child}/remove",
+        form={"reason": "scanned into the wrong bag"},
+        biller=303,
+    ),
+    # The parent is open already: a harmless success.
+    post("/bags/<qr>/reopen", "/bags/{parent}/reopen", form={"reason": "closed too early"}, biller=303),
+    # Its children keep it in use, after the role check.
+    post("/bags/<qr>/delete", "/bags/{parent}/delete", form={"reason": "label printed twice"}, admin=409),
+    page("/labels", "/labels?start=SB00001&count=3", dispatcher=403),
+    Row("GET", "/lookup", "/lookup?q={parent}", 302, 303, 303, 303),
     page("/bills", dispatcher=403),
     post("/bills", form=NEW_BILL, biller=303),
     page("/bills/<bill_no>", "/bills/{bill}", dispatcher=403),
@@ -97,6 +109,9 @@ MATRIX = [
     post("/bills/<bill_no>/parents/<qr>/remove", "/bills/{bill}/parents/{loaded}/remove", biller=303),
     post("/bills/<bill_no>/close", "/bills/{bill}/close", biller=303),
     post("/bills/<bill_no>/reopen", "/bills/{bill}/reopen", biller=303),
+    post("/bills/<bill_no>/edit", "/bills/{bill}/edit", form={"destination": "Port gate 4"}, biller=303),
+    post("/bills/<bill_no>/cancel", "/bills/{bill}/cancel", form={"reason": "truck did not come"}, biller=303),
+    page("/bills/<bill_no>/print", "/bills/{bill}/print", dispatcher=403),
     page("/scans", "/scans"),
     api("/api/stats"),
     api("/api/scans", "/api/scans?limit=5"),

@@ -126,3 +126,47 @@ def test_load_a_parent_and_close_the_bill(live_server, browser, make_user, make_
     page.reload()
     page.click("text=Close bill")
     expect(page.locator("main")).to_contain_text("closed")
+
+
+def test_print_the_dispatch_note_to_pdf(live_server, browser, make_user, make_parent, make_bill, tmp_path):
+    from bagtrack import billing
+    from bagtrack.extensions import db
+
+    office = make_user("office", role="biller", area=None)
+    for qr in ("SB00003", "SB00004"):
+        make_parent(qr, children=4)
+    make_bill("TRUCK-9", capacity=3, vehicle_no="MH 12 AB 1234", destination="Hamburg port")
+    for qr in ("SB00003", "SB00004"):
+        billing.load_parent(db.session, office, "TRUCK-9", qr)
+    billing.close_bill(db.session, office, "TRUCK-9")
+    db.session.commit()
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    # CSP violations are reported on the console; the browser's own favicon request is no page's.
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    missing = []
+    page.on("response", lambda response: missing.append(response.url) if response.status == 404 else None)
+    log_in(page, live_server, "office")
+
+    page.goto(f"{live_server}/bills/TRUCK-9")
+    page.click("text=Print dispatch note")
+    page.wait_for_url(f"{live_server}/bills/TRUCK-9/print")
+    page.screenshot(path=str(tmp_path / "dispatch-note-screen.png"), full_page=True)
+    expect(page.locator("#print-button")).to_be_visible()
+
+    page.emulate_media(media="print")
+    for control in ("form", "input", "button", "select", "textarea", "nav", "header.topbar"):
+        for element in page.locator(control).all():
+            expect(element).to_be_hidden()
+    expect(page.locator(".note-qr svg")).to_be_visible()
+    box = page.locator(".note-qr svg").bounding_box()
+    assert box["width"] > 60 and box["height"] > 60
+    expect(page.locator(".signatures")).to_contain_text("Driver")
+    expect(page.locator(".note-parents tfoot")).to_contain_text("8.0")
+    page.screenshot(path=str(tmp_path / "dispatch-note-print.png"), full_page=True)
+    pdf = page.pdf(format="A4", print_background=True)
+    assert pdf.startswith(b"%PDF-") and len(pdf) > 2_000
+    (tmp_path / "dispatch-note.pdf").write_bytes(pdf)
+    assert [url for url in missing if not url.endswith("/favicon.ico")] == []
+    assert [error for error in errors if "404" not in error] == []

@@ -90,7 +90,9 @@ def test_users_list_shows_role_area_and_state(runner, make_user):
 
     result = runner.invoke(args=["users", "list"])
 
-    assert result.output == "office\tbiller\t-\tdisabled\nworker\tdispatcher\tNORTH\tactive\n"
+    assert result.output == (
+        "username\trole\tarea\tstate\noffice\tbiller\t-\tdisabled\nworker\tdispatcher\tNORTH\tactive\n"
+    )
 
 
 def test_users_set_role_and_set_area(runner, make_user, make_area):

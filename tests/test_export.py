@@ -236,3 +236,21 @@ def test_csv_exports_neutralise_every_cell_a_spreadsheet_could_run(runner, login
     for separator in (";", "\t"):
         for line in csv.reader(io.StringIO(text), delimiter=separator):
             assert not any(cell.startswith(("=", "+", "-", "@")) for cell in line), line
+
+
+def test_cli_export_writes_where_output_says(runner, tmp_path, monkeypatch, make_parent, make_user, make_bill):
+    site(make_parent, make_user, make_bill)
+    monkeypatch.chdir(tmp_path)
+    into_directory = tmp_path / "exports"
+    into_directory.mkdir()
+
+    default = runner.invoke(args=["export", "bills", "--from", "2026-01-01", "--to", "2026-01-02"])
+    directory = runner.invoke(args=["export", "bills", "--from", "2026-01-01", "--to", "2026-01-02", "-o", "exports"])
+    named = runner.invoke(args=["export", "bills", "-o", str(tmp_path / "named.csv")])
+    nowhere = runner.invoke(args=["export", "bills", "-o", str(tmp_path / "missing" / "bills.csv")])
+
+    assert default.exit_code == 0 and (tmp_path / "bills-2026-01-01-2026-01-02.csv").is_file()
+    assert directory.exit_code == 0 and (into_directory / "bills-2026-01-01-2026-01-02.csv").is_file()
+    assert named.exit_code == 0 and "B-1" in (tmp_path / "named.csv").read_text()
+    assert nowhere.exit_code == 1 and nowhere.output.startswith("Error: cannot write ")
+    assert nowhere.output.count("\n") == 1

@@ -196,7 +196,15 @@ ENDPOINTS = [
     Endpoint("POST", "/scan/undo", ("parent",), SCANNERS),
     Endpoint("GET", "/scan", ("parent", "area"), SCANNERS),
     Endpoint("POST", "/bills", ("bill_no", "capacity", "destination", "vehicle_no", "description")),
-    Endpoint("GET", "/bills", ("status", "before")),
+    Endpoint("GET", "/bills", ("status", "before", "q", "from", "to")),
+    Endpoint("POST", "/bills/{a}/edit", ("destination", "vehicle_no", "description", "capacity", "reason")),
+    Endpoint("POST", "/bills/{a}/cancel", ("reason",)),
+    Endpoint("GET", "/bills/{a}/print", ()),
+    Endpoint("POST", "/bags/{a}/children/{b}/remove", ("reason",)),
+    Endpoint("POST", "/bags/{a}/reopen", ("reason",)),
+    Endpoint("POST", "/bags/{a}/delete", ("reason",), ("admin",)),
+    Endpoint("GET", "/labels", ("start", "count")),
+    Endpoint("GET", "/lookup", ("q",), SCANNERS),
     Endpoint("GET", "/bills/{a}", ()),
     Endpoint("POST", "/bills/{a}/parents", ("qr",)),
     Endpoint("POST", "/bills/{a}/parents/{b}/remove", ()),
@@ -205,9 +213,11 @@ ENDPOINTS = [
     Endpoint("POST", "/bags/{a}/close", ()),
     Endpoint("GET", "/bags", ("kind", "status", "area", "bill", "q", "before"), SCANNERS),
     Endpoint("GET", "/bags/{a}", (), SCANNERS),
-    Endpoint("GET", "/api/scans", ("limit", "before"), SCANNERS),
+    Endpoint(
+        "GET", "/api/scans", ("limit", "before", "user", "outcome", "reason", "kind", "area", "from", "to"), SCANNERS
+    ),
     Endpoint("GET", "/api/bags/{a}", (), SCANNERS),
-    Endpoint("GET", "/scans", ("before",), SCANNERS),
+    Endpoint("GET", "/scans", ("before", "user", "outcome", "reason", "kind", "area", "from", "to"), SCANNERS),
     Endpoint("POST", "/admin/users", ("username", "role", "area", "password"), ("admin",)),
     Endpoint("POST", "/admin/users/{a}/role", ("role",), ("admin",)),
     Endpoint("POST", "/admin/users/{a}/area", ("area",), ("admin",)),
@@ -453,7 +463,7 @@ def test_refusals_repeat_payloads_escaped(shop, path, fields):
 
 
 def post_routes(app, *, uploads: bool = True) -> list[str]:
-    samples = {"qr": "SB10001", "bill_no": "B-1", "username": "floor"}
+    samples = {"qr": "SB10001", "parent": "SB10001", "child": "C0001", "bill_no": "B-1", "username": "floor"}
     return sorted(
         re.sub(r"<(?:\w+:)?(\w+)>", lambda match: samples[match.group(1)], rule.rule)
         for rule in app.url_map.iter_rules()

@@ -354,6 +354,87 @@ def test_bill_pages_and_loading_use_indexes(explained, biller, floor):
             expect(biller.post("/bills/NO-SUCH-BILL/parents", data={"qr": floor.open_parent}, headers=page), 404)
 
 
+SCAN_FILTERS = [
+    "user=demo-{area_lower}",
+    "user=demo-biller&outcome=ok",
+    "user=nobody-at-all",
+    "outcome=ok",
+    "outcome=rejected",
+    "reason=parent_full",
+    "reason=duplicate",
+    "reason=invalid_qr&outcome=rejected",
+    "kind=parent",
+    "kind=child",
+    "kind=load",
+    "kind=undo",
+    "kind=remove",
+    "area={other_area}",
+    "area={other_area}&kind=load",
+    "area={other_area}&outcome=rejected",
+    "from={middle_day}&to={middle_day}",
+    "from={middle_day}",
+    "to={middle_day}",
+    "from={middle_day}&to={middle_day}&outcome=rejected",
+    "from={middle_day}&to={middle_day}&user=demo-{area_lower}",
+]
+
+
+@pytest.fixture
+def middle_day(large_site, floor) -> str:
+    app, _floor = large_site
+    with app.app_context():
+        day = db.session.scalar(text("SELECT at::date FROM scan WHERE id >= :id ORDER BY id LIMIT 1"),
+                                {"id": floor.middle_scan_id})  # fmt: skip
+        db.session.remove()
+    return day.isoformat()
+
+
+@pytest.mark.parametrize("role", ["dispatcher", "biller"])
+def test_scan_log_filters_use_indexes(explained, request, floor, middle_day, role):
+    user = request.getfixturevalue(role)
+    names = {**vars(floor), "area_lower": floor.area.lower(), "middle_day": middle_day}
+    with explained():
+        for query in SCAN_FILTERS:
+            query = query.format(**names)
+            expect(user.get(f"/scans?{query}"), 200)
+            expect(user.get(f"/scans?{query}&before={floor.middle_scan_id}"), 200)
+            expect(user.get(f"/api/scans?{query}"), 200)
+
+
+def test_bill_list_filters_use_indexes(explained, biller, floor, middle_day):
+    with explained():
+        for query in (
+            f"q={floor.open_bill}",
+            f"q={floor.open_bill[:-2]}",
+            "q=BL",
+            "q=hamburg",
+            "q=Hamburg port",
+            "q=nowhere",
+            "status=cancelled",
+            "status=closed&q=vienna",
+            f"from={middle_day}&to={middle_day}",
+            f"from={middle_day}&status=open",
+        ):
+            expect(biller.get(f"/bills?{query}"), 200)
+            expect(biller.get(f"/bills?{query}&before={floor.middle_bill_id}"), 200)
+
+
+def test_office_paper_lookup_and_corrections_use_indexes(explained, biller, floor):
+    child = expect(biller.get(f"/api/bags/{floor.complete_parent}"), 200)["children"][0]
+    with explained():
+        expect(biller.get(f"/bills/{floor.bill_of_billed_parent}/print"), 200)
+        expect(biller.get("/labels?start=SB00001&count=48"), 200)
+        for code in (floor.packed_child, floor.open_bill, "NOTHING-HERE"):
+            assert biller.get(f"/lookup?q={code}").status_code == 303
+        expect(biller.get(f"/api/bags/{floor.packed_child}"), 200)
+        remove = f"/bags/{floor.complete_parent}/children/{child}/remove"
+        expect(biller.post(remove, data={"reason": "checking plans"}, headers=JSON), 200)
+        expect(biller.post(f"/bags/{floor.complete_parent}/reopen", data={"reason": "plans"}, headers=JSON), 200)
+        edit = f"/bills/{floor.open_bill}/edit"
+        expect(biller.post(edit, data={"destination": "Hamburg dock 7", "reason": "plans"}, headers=JSON), 200)
+        expect(biller.post(f"/bills/{floor.open_bill}/cancel", data={"reason": "plans"}, headers=JSON), 200)
+
+
 def test_large_site_is_large(large_site):
     """The plans above mean something only on tables big enough for PostgreSQL to prefer an index."""
     app, _floor = large_site

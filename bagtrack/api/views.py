@@ -9,8 +9,8 @@ from .. import queries
 from ..access import area_scope, may_see_area, visible_figures
 from ..cache import dashboard_figures
 from ..codes import normalise
+from ..errors import Refusal
 from ..extensions import db
-from ..models import Bag, Bill
 from ..replica import reads, reads_from_replica
 from ..scanning import find_bag
 from ..shapes import iso, scan_json
@@ -46,7 +46,11 @@ def scans():
         before = _positive_int("before", None)
     except ValueError as exc:
         return json_error("invalid_input", f"{exc}.")
-    rows = queries.scan_rows(reads(), current_user, limit=limit, before=before)
+    try:
+        filters = queries.ScanFilters.from_args(request.args)
+    except Refusal as refusal:
+        return json_error(refusal.code, refusal.message)
+    rows = queries.scan_rows(reads(), current_user, limit=limit, before=before, filters=filters)
     next_before = rows[-1].id if len(rows) == limit else None
     return jsonify(scans=[scan_json(row) for row in rows], next_before=next_before)
 
@@ -58,8 +62,7 @@ def bag(qr: str):
     bag = find_bag(db.session, code[:64]) if 0 < len(code) <= 64 else None
     if bag is None or not may_see_area(current_user, bag.area_id):
         return json_error("not_found", f"Bag {code[:64]} was not found.", 404)
-    parent_qr = db.session.get(Bag, bag.parent_id).qr if bag.parent_id is not None else None
-    bill_no = db.session.get(Bill, bag.bill_id).bill_no if bag.bill_id is not None else None
+    parent_qr, bill = queries.holders_of(db.session, bag)
     children = queries.children_of(db.session, bag) if bag.kind == "parent" else []
     history = queries.scan_rows(db.session, current_user, limit=20, bag=bag)
     return jsonify(
@@ -69,7 +72,7 @@ def bag(qr: str):
         area=bag.area.code,
         created_at=iso(bag.created_at),
         parent=parent_qr,
-        bill_no=bill_no,
+        bill_no=bill.bill_no if bill is not None else None,
         child_count=bag.child_count,
         capacity=bag.capacity if bag.kind == "parent" else None,
         children=children,

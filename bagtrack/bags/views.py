@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from .. import queries, scanning
+from .. import corrections, paper, queries, scanning
 from ..access import may_see_area, role_required
 from ..codes import QR_MAX_LENGTH, normalise
 from ..errors import Refusal
 from ..extensions import db
-from ..models import Bag, Bill
+from ..models import Bag
 from ..replica import reads, reads_from_replica
 from ..shapes import parent_json
 from ..web import before_arg, json_ok, page_after_refusal, refusal_answer, wants_json
@@ -67,13 +67,13 @@ def find_visible_bag(raw_qr: str) -> Bag | None:
 
 
 def render_bag(bag: Bag, refusal: Refusal | None = None) -> str:
-    parent_qr = db.session.get(Bag, bag.parent_id).qr if bag.parent_id is not None else None
-    bill_no = db.session.get(Bill, bag.bill_id).bill_no if bag.bill_id is not None else None
+    parent_qr, bill = queries.holders_of(db.session, bag)
     return render_template(
         "bags/detail.html",
         bag=bag,
         parent_qr=parent_qr,
-        bill_no=bill_no,
+        bill_no=bill.bill_no if bill is not None else None,
+        bill_closed=bill is not None and bill.status != "open",
         children=queries.children_of(db.session, bag) if bag.is_parent else [],
         scans=queries.scan_rows(db.session, current_user, limit=SCAN_HISTORY_ROWS, bag=bag),
         refusal=refusal,
@@ -104,3 +104,74 @@ def close(qr: str):
     else:
         flash(f"Parent bag {parent.qr} closed short at {parent.child_count}/{parent.capacity}.", "ok")
     return redirect(url_for("bags.detail", qr=parent.qr), code=303)
+
+
+def correction_answer(refusal: Refusal, qr: str):
+    return refusal_answer(refusal, page_after_refusal(lambda: find_visible_bag(qr), render_bag))
+
+
+@bp.post("/bags/<parent>/children/<child>/remove")
+@role_required("biller")
+def remove_child(parent: str, child: str):
+    try:
+        result = corrections.remove_child(db.session, current_user, parent, child, request.form.get("reason"))
+    except Refusal as refusal:
+        return correction_answer(refusal, parent)
+    if wants_json():
+        bill_no = result.bill.bill_no if result.bill is not None else None
+        return json_ok(parent=parent_json(result.parent, bill_no), child=result.child.qr)
+    flash(f"Child bag {result.child.qr} taken out of parent bag {result.parent.qr}; it is loose now.", "ok")
+    return redirect(url_for("bags.detail", qr=result.parent.qr), code=303)
+
+
+@bp.post("/bags/<qr>/reopen")
+@role_required("biller")
+def reopen(qr: str):
+    try:
+        result = corrections.reopen_parent(db.session, current_user, qr, request.form.get("reason"))
+    except Refusal as refusal:
+        return correction_answer(refusal, qr)
+    parent = result.parent
+    if wants_json():
+        return json_ok(duplicate=result.duplicate, parent=parent_json(parent))
+    if result.duplicate:
+        flash(f"Parent bag {parent.qr} is already open.", "ok")
+    else:
+        flash(f"Parent bag {parent.qr} is open again at {parent.child_count}/{parent.capacity}.", "ok")
+    return redirect(url_for("bags.detail", qr=parent.qr), code=303)
+
+
+@bp.post("/bags/<qr>/delete")
+@role_required("admin")
+def delete(qr: str):
+    try:
+        deleted = corrections.delete_bag(db.session, current_user, qr, request.form.get("reason"))
+    except Refusal as refusal:
+        return correction_answer(refusal, qr)
+    if wants_json():
+        return json_ok(deleted=deleted)
+    flash(f"Bag {deleted} deleted; its scan history stays in the scan log.", "ok")
+    return redirect(url_for("bags.index"), code=303)
+
+
+@bp.get("/labels")
+@role_required("biller")
+def labels():
+    codes = paper.label_codes(request.args.get("start"), request.args.get("count"))
+    return render_template("bags/labels.html", codes=codes, labels=[(code, paper.qr_svg(code)) for code in codes])
+
+
+@bp.get("/lookup")
+@login_required
+def lookup():
+    """Go to whatever a scanned or typed code names: a bag, a bill, or the bag list searching for it."""
+    code = normalise(request.args.get("q"))[:QR_MAX_LENGTH]
+    if find_visible_bag(code) is not None:
+        return redirect(url_for("bags.detail", qr=code), code=303)
+    if code and current_user.has_role("biller") and queries.bill_exists(db.session, code):
+        return redirect(url_for("bills.detail", bill_no=code), code=303)
+    flash(
+        f"No bag or bill {code} was found; bags starting with it are listed." if code else "Type or scan a code.",
+        "error",
+    )
+    return redirect(url_for("bags.index", q=code or None), code=303)

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user
 from sqlalchemy import select
 
-from .. import billing, queries
+from .. import billing, paper, queries
 from ..access import role_required
 from ..codes import normalise
 from ..errors import Refusal
@@ -23,16 +23,19 @@ BILL_FIELDS = ("bill_no", "capacity", "destination", "vehicle_no", "description"
 
 
 def render_list(refusal: Refusal | None = None) -> str:
-    status = request.args.get("status") if request.args.get("status") in ("open", "closed") else None
+    filters = queries.BillFilters.from_args(request.args)
     bills, next_before = queries.bill_page(
-        reads(), limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg(), status=status
+        reads(), limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg(), filters=filters
     )
+    chosen = {"q": filters.q, "status": filters.status, **queries.days_chosen(request.args)}
     entered = {name: request.form.get(name, "") for name in BILL_FIELDS} if refusal else {}
     return render_template(
         "bills/index.html",
         bills=[(bill, bill_json(bill)) for bill in bills],
         next_before=next_before,
-        status=status,
+        status=filters.status,
+        filters=filters,
+        chosen={name: value for name, value in chosen.items() if value},
         entered=entered,
         refusal=refusal,
     )
@@ -142,3 +145,42 @@ def state_changed(change: billing.BillChange, verb: str):
     else:
         flash(f"Bill {bill.bill_no} {verb}.", "ok")
     return redirect(url_for("bills.detail", bill_no=bill.bill_no), code=303)
+
+
+@bp.post("/bills/<bill_no>/edit")
+@role_required("biller")
+def edit(bill_no: str):
+    try:
+        change = billing.edit_bill(db.session, current_user, bill_no, request.form)
+    except Refusal as refusal:
+        return refusal_answer(refusal, render_bill_or_error(bill_no))
+    bill = change.bill
+    if wants_json():
+        return json_ok(duplicate=change.duplicate, bill=bill_json(bill))
+    flash(f"Bill {bill.bill_no} {'unchanged' if change.duplicate else 'updated'}.", "ok")
+    return redirect(url_for("bills.detail", bill_no=bill.bill_no), code=303)
+
+
+@bp.post("/bills/<bill_no>/cancel")
+@role_required("biller")
+def cancel(bill_no: str):
+    try:
+        change = billing.cancel_bill(db.session, current_user, bill_no, request.form.get("reason"))
+    except Refusal as refusal:
+        return refusal_answer(refusal, render_bill_or_error(bill_no))
+    return state_changed(change, "cancelled")
+
+
+@bp.get("/bills/<bill_no>/print")
+@role_required("biller")
+def print_note(bill_no: str):
+    bill = billing.find_bill(db.session, bill_no)
+    return render_template(
+        "bills/print.html",
+        bill=bill,
+        figures=bill_json(bill),
+        parents=queries.parents_on_bill(db.session, bill),
+        people=queries.bill_people(db.session, bill),
+        qr=paper.qr_svg(bill.bill_no),
+        child_weight=current_app.config["BAGTRACK_CHILD_WEIGHT_KG"],
+    )

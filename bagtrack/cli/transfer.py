@@ -125,7 +125,10 @@ def import_bills(path: str, errors_path: str | None) -> None:
 @click.option("--to", "last", metavar="YYYY-MM-DD", help="Last day, included (UTC); default: today.")
 @click.option("--format", "fmt", type=click.Choice(exporting.FORMATS), default="csv", show_default=True)
 @click.option(
-    "--output", "-o", metavar="FILE|-", help="Where to write; - is standard output. Default: WHAT-FROM-TO.FORMAT"
+    "--output",
+    "-o",
+    metavar="FILE|DIR|-",
+    help="File or directory to write to; - is standard output. Default: WHAT-FROM-TO.FORMAT in the current directory",
 )
 @with_appcontext
 def export(what: str, first: str | None, last: str | None, fmt: str, output: str | None) -> None:
@@ -142,6 +145,8 @@ def export(what: str, first: str | None, last: str | None, fmt: str, output: str
     except SQLAlchemyError as exc:
         fail(f"the database is not ready ({first_line(exc)}); {UPGRADE_HINT}")
     output = output or exporting.filename(what, fmt, days)
+    if Path(output).is_dir():
+        output = str(Path(output) / exporting.filename(what, fmt, days))
     counted = 0
 
     def rows():
@@ -151,14 +156,21 @@ def export(what: str, first: str | None, last: str | None, fmt: str, output: str
             yield row
 
     with ExitStack() as stack:
+        try:
+            if fmt == "csv":
+                target = (
+                    sys.stdout
+                    if output == "-"
+                    else stack.enter_context(open(output, "w", newline="", encoding="utf-8"))
+                )
+            else:
+                target = sys.stdout.buffer if output == "-" else stack.enter_context(open(output, "wb"))
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror}")
         if fmt == "csv":
-            target = (
-                sys.stdout if output == "-" else stack.enter_context(open(output, "w", newline="", encoding="utf-8"))
-            )
             for chunk in exporting.csv_chunks(what, rows()):
                 target.write(chunk)
         else:
-            target = sys.stdout.buffer if output == "-" else stack.enter_context(open(output, "wb"))
             exporting.write_xlsx(what, rows(), target)
     where = "standard output" if output == "-" else output
     click.echo(f"Exported {counted} {what} of {days.label} to {where}.", err=output == "-")

@@ -71,6 +71,7 @@ def users_list() -> None:
     rows = db.session.execute(
         select(User, DispatchArea.code).outerjoin(DispatchArea, DispatchArea.id == User.area_id).order_by(User.username)
     )
+    click.echo("username\trole\tarea\tstate")
     for user, area_code in rows:
         state = "disabled" if not user.active else ("locked" if user.is_locked() else "active")
         click.echo(f"{user.username}\t{user.role}\t{area_code or '-'}\t{state}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_required
 
 from .. import queries
@@ -33,7 +33,18 @@ def index():
 def scans():
     limit = current_app.config["BAGTRACK_PAGE_SIZE"]
     before = before_arg()
+    filters = queries.ScanFilters.from_args(request.args)
     # One row more than shown tells whether an older page exists.
-    rows = queries.scan_rows(reads(), current_user, limit=limit + 1, before=before)
+    rows = queries.scan_rows(reads(), current_user, limit=limit + 1, before=before, filters=filters)
     next_before = rows[limit - 1].id if len(rows) > limit else None
-    return render_template("dashboard/scans.html", scans=rows[:limit], next_before=next_before, before=before)
+    return render_template(
+        "dashboard/scans.html",
+        scans=rows[:limit],
+        next_before=next_before,
+        before=before,
+        filters=filters,
+        chosen={**filters.chosen(), **queries.days_chosen(request.args)},
+        areas=queries.areas_for(db.session, current_user),
+        kinds=queries.SCAN_KINDS,
+        outcomes=queries.OUTCOMES,
+    )
