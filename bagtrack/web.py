@@ -131,7 +131,7 @@ def init_app(app: Flask) -> None:
     def on_csrf_error(error: CSRFError):
         return error_page(
             "csrf_failed",
-            "The form's security token is missing or stale. Reload the page and try again.",
+            "This page is too old to send. Reload it (or log in again) and scan once more.",
             400,
         )
 

@@ -87,7 +87,7 @@ MATRIX = [
     page("/bills", dispatcher=403),
     post("/bills", form=NEW_BILL, biller=303),
     page("/bills/<bill_no>", "/bills/{bill}", dispatcher=403),
-    post("/bills/<bill_no>/parents", "/bills/{bill}/parents", form={"qr": "{parent}"}, biller=303),
+    post("/bills/<bill_no>/parents", "/bills/{bill}/parents", form={"qr": "{parent}", "confirm": "1"}, biller=303),
     post("/bills/<bill_no>/parents/<qr>/remove", "/bills/{bill}/parents/{loaded}/remove", biller=303),
     post("/bills/<bill_no>/close", "/bills/{bill}/close", biller=303),
     post("/bills/<bill_no>/reopen", "/bills/{bill}/reopen", biller=303),
@@ -161,7 +161,7 @@ def floor(app, make_user, make_parent, make_bill):
     for name, user, numbers in (("a", dispatcher_a, (10001, 10002)), ("b", dispatcher_b, (20001, 20002, 20003))):
         parents = [make_parent(f"SB{number}", user=user, children=2 if name == "a" else 1) for number in numbers]
         bill = make_bill(f"B-{name.upper()}", capacity=5)
-        billing.load_parent(db.session, user, bill.bill_no, parents[1].qr)
+        billing.load_parent(db.session, user, bill.bill_no, parents[1].qr, confirmed=True)
         objects[name] = {"parent": parents[0].qr, "loaded": parents[1].qr, "bill": bill.bill_no}
     db.session.commit()
     return objects

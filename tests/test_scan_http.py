@@ -49,7 +49,7 @@ def refused(response, status: int, code: str) -> dict:
 
 def load_on_bill(make_bill, parent: Bag, bill_no: str = "B-1") -> None:
     make_bill(bill_no)
-    billing.load_parent(db.session, factory(), bill_no, parent.qr)
+    billing.load_parent(db.session, factory(), bill_no, parent.qr, confirmed=True)
 
 
 # Access -------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_control_and_zero_width_characters_are_dropped(scanner, qr, normalised):
 @pytest.mark.parametrize("qr", ["SB\uff10\uff10\uff1001", "SB 00001", "", "SB-0001", "x" * 65])
 def test_invalid_parent_codes_are_invalid_qr(scanner, qr):
     body = refused(scanner.post("/scan/parent", data={"qr": qr}, headers=JSON), 400, "invalid_qr")
-    assert "parent code matches" in body["message"]
+    assert "A parent bag code looks like SB00001" in body["message"]
     assert db.session.scalar(select(Bag.id)) is None
 
 
