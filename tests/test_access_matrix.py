@@ -118,6 +118,7 @@ MATRIX = [
     open_to_all("GET", "/ready"),
     open_to_all("GET", "/metrics", status=403),
     open_to_all("GET", "/static/<path:filename>", "/static/bagtrack.css"),
+    open_to_all("GET", "/sw.js"),
 ]
 ROWS = {(row.method, row.rule): row for row in MATRIX}
 
