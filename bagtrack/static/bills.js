@@ -30,10 +30,6 @@
   // An empty Enter (some scanners send a second one) is ignored here rather than
   // answered with the browser's "fill out this field" bubble.
   form.noValidate = true;
-  const confirmForm = document.querySelector("form.confirm-load");
-  if (confirmForm) {
-    confirmForm.hidden = true; // its question is asked below, through the queue
-  }
 
   function show(ok, message, actions) {
     feedback.hidden = false;
