@@ -28,7 +28,6 @@
   const AREA_KEY = "bagtrack.area";
   let parentQr = page.dataset.parent || "";
   let parentArea = page.dataset.area || "";
-  let lastChild = "";
 
   // What the server's normalising does to a scanned code, near enough to aim the next scans.
   function tidy(code) {
@@ -139,9 +138,6 @@
       }
     }
     const wasChild = answer.child && !scan.url.endsWith("/scan/undo");
-    if (wasChild) {
-      lastChild = answer.child.qr;
-    }
     show("ok", answer.message || "Done.");
     const focused = document.activeElement;
     if (!focused || focused === document.body || focused.closest("[hidden]")) {
@@ -210,9 +206,14 @@
       focusInput();
       return;
     }
-    if (!complete.hidden && tidy(code) === lastChild) {
-      // The scanner fired the last child twice: a duplicate in the complete parent, not a parent scan.
-      queue.add({ url: childForm.action, fields: { parent: parentQr, qr: code } });
+    if (!complete.hidden) {
+      // After COMPLETE the scan goes to the child route with "switch": a parent code starts that
+      // parent, a double-fired last child stays a harmless duplicate, another child is told the parent is full.
+      const fields = { parent: parentQr, qr: code, switch: "1" };
+      if (areaSelect) {
+        fields.area = areaSelect.value || parentArea;
+      }
+      queue.add({ url: childForm.action, fields: fields });
       return;
     }
     const fields = { qr: code };
