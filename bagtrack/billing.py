@@ -165,14 +165,17 @@ def create_bill(session, user: User, fields: dict) -> Bill:
     return in_transaction(session, work, user=user)
 
 
-def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None) -> BillChange:
+def load_parent(
+    session, user: User, raw_bill_no: str | None, raw_qr: str | None, *, confirmed: bool = False
+) -> BillChange:
     """Load a parent bag onto an open bill.
 
     Checked in this order: the code is a valid parent code; the bill exists;
     the parent exists (parents are never created here); a parent already on
     this bill is a ``duplicate`` success even on a closed or full bill; then
-    ``bill_closed``, ``parent_on_other_bill`` (naming it), ``parent_empty``
-    and ``bill_full``.
+    ``bill_closed``, ``parent_on_other_bill`` (naming it), ``parent_empty``,
+    ``parent_not_complete`` (a parent still open is loaded only when the
+    loader ``confirmed`` it) and ``bill_full``.
     """
 
     def work() -> BillChange:
@@ -200,6 +203,14 @@ def load_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None
             raise Refusal(
                 "parent_empty",
                 f"Parent bag {parent.qr} is empty; fill it before loading.",
+                qr=parent.qr,
+                parent=parent,
+                bill=bill,
+            )
+        if parent.status != "complete" and not confirmed:
+            raise Refusal(
+                "parent_not_complete",
+                f"Parent bag {parent.qr} is not complete ({parent.child_count}/{parent.capacity}). Load it anyway?",
                 qr=parent.qr,
                 parent=parent,
                 bill=bill,

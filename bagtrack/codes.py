@@ -64,9 +64,19 @@ def _ascii_pattern(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
 
 
 def expected_formats() -> str:
-    parent = code_pattern("BAGTRACK_PARENT_QR").pattern
-    child = code_pattern("BAGTRACK_CHILD_QR").pattern
-    return f"a parent code matches {parent}, a child code matches {child}"
+    """What a bag code looks like, in the floor's words: an example of each kind, never a pattern.
+
+    An example that the configured pattern does not accept is left out rather than shown wrong.
+    """
+    examples = [
+        f"a {kind} bag code looks like {example}"
+        for kind, setting in (("parent", "BAGTRACK_PARENT_QR"), ("child", "BAGTRACK_CHILD_QR"))
+        if (example := current_app.config[f"{setting}_EXAMPLE"]) and code_pattern(setting).fullmatch(example)
+    ]
+    if not examples:
+        return "Check that the label's code was read whole."
+    sentence = ", ".join(examples) + "."
+    return sentence[0].upper() + sentence[1:]
 
 
 def classify(raw: str | None) -> Code:
@@ -77,18 +87,18 @@ def classify(raw: str | None) -> Code:
     """
     value = normalise(raw)
     if not value:
-        raise Refusal("invalid_qr", f"No code was scanned: {expected_formats()}.")
+        raise Refusal("invalid_qr", f"No code was scanned. {expected_formats()}")
     if len(value) > QR_MAX_LENGTH:
         raise Refusal(
             "invalid_qr",
-            f"A code is at most {QR_MAX_LENGTH} characters: {expected_formats()}.",
+            f"This is not a bag code: a code is at most {QR_MAX_LENGTH} characters. {expected_formats()}",
             qr=value[:QR_MAX_LENGTH],
         )
     if code_pattern("BAGTRACK_PARENT_QR").fullmatch(value):
         return Code(value, "parent")
     if code_pattern("BAGTRACK_CHILD_QR").fullmatch(value):
         return Code(value, "child")
-    raise Refusal("invalid_qr", f"{value} is not a bag code: {expected_formats()}.", qr=value)
+    raise Refusal("invalid_qr", f"This is not a bag code: {value}. {expected_formats()}", qr=value)
 
 
 def require_kind(raw: str | None, kind: str) -> Code:

@@ -192,6 +192,9 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         # Domain rules.
         "BAGTRACK_PARENT_QR": env_pattern(environ, "BAGTRACK_PARENT_QR", r"^SB\d{5}$"),
         "BAGTRACK_CHILD_QR": env_pattern(environ, "BAGTRACK_CHILD_QR", r"^[A-Z0-9]{4,20}$"),
+        # Shown to people when a scan is not a bag code (left out when the pattern does not accept it).
+        "BAGTRACK_PARENT_QR_EXAMPLE": env_str(environ, "BAGTRACK_PARENT_QR_EXAMPLE", "SB00001"),
+        "BAGTRACK_CHILD_QR_EXAMPLE": env_str(environ, "BAGTRACK_CHILD_QR_EXAMPLE", "C0012345"),
         "BAGTRACK_PARENT_CAPACITY": env_int(environ, "BAGTRACK_PARENT_CAPACITY", 30, minimum=1),
         "BAGTRACK_CHILD_WEIGHT_KG": env_float(environ, "BAGTRACK_CHILD_WEIGHT_KG", 1.0),
         "BAGTRACK_UNDO_WINDOW_S": env_int(environ, "BAGTRACK_UNDO_WINDOW_S", 600, minimum=0),

@@ -19,6 +19,7 @@ STATUS_BY_CODE = {
     "child_in_other_parent": 409,
     "parent_full": 409,
     "parent_empty": 409,
+    "parent_not_complete": 409,
     "nothing_to_undo": 409,
     "bill_exists": 409,
     "bill_closed": 409,

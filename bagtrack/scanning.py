@@ -102,7 +102,7 @@ def area_for_new_parent(session, user: User, area_code: str | None) -> int:
         return scope
     code = normalise(area_code)
     if not code:
-        raise Refusal("invalid_input", "Choose the dispatch area (field 'area') for a new parent bag.")
+        raise Refusal("invalid_input", "Choose the area for this new parent bag.")
     area_id = session.scalar(select(DispatchArea.id).where(DispatchArea.code == code))
     if area_id is None:
         raise Refusal("invalid_input", f"There is no dispatch area {code[:20]}.")

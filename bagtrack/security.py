@@ -18,7 +18,7 @@ from flask_login import logout_user, user_logged_in
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
-from .web import json_error, wants_json
+from .web import json_error, page_to_return_to, wants_json
 
 LOGIN_AT = "_bagtrack_login_at"
 SEEN_AT = "_bagtrack_seen_at"
@@ -97,8 +97,7 @@ def session_expired():
     if wants_json():
         return json_error("session_expired", EXPIRED_MESSAGE, 401)
     flash(EXPIRED_MESSAGE, "error")
-    next_page = request.full_path.rstrip("?") if request.method == "GET" else None
-    return redirect(url_for("auth.login", next=next_page), code=303)
+    return redirect(url_for("auth.login", next=page_to_return_to()), code=303)
 
 
 def add_headers(response):

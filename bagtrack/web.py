@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlalchemy.exc
-from flask import Flask, Request, abort, jsonify, render_template, request, session
+from flask import Flask, Request, abort, jsonify, render_template, request, session, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from .accounts import LOGIN_SESSION_KEY, SignedInUser, signed_in_user
+from .codes import QR_MAX_LENGTH, normalise
 from .errors import STATUS_BY_CODE, Refusal
 from .extensions import db, login_manager
 
@@ -60,6 +61,20 @@ def before_arg() -> int | None:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
         abort(400, "'before' must be a positive whole number.")
     return int(raw)
+
+
+def page_to_return_to() -> str | None:
+    """Where a login asked for by this request comes back to.
+
+    The page itself for a GET; for a scan posted by the scanner page, that
+    page on the same parent (the post's own address cannot be opened).
+    """
+    if request.method == "GET":
+        return request.full_path.rstrip("?")
+    parent = normalise(request.form.get("parent"))[:QR_MAX_LENGTH]
+    if request.blueprint == "scan" and parent:
+        return url_for("scan.page", parent=parent)
+    return None
 
 
 def json_ok(status: int = 200, **body):
@@ -121,11 +136,11 @@ def init_app(app: Flask) -> None:
 
     @login_manager.unauthorized_handler
     def unauthorized():
-        from flask import redirect, url_for
+        from flask import redirect
 
         if wants_json():
             return json_error("login_required", "Please log in.", 401)
-        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        return redirect(url_for("auth.login", next=page_to_return_to()))
 
     @app.errorhandler(Refusal)
     def on_refusal(refusal: Refusal):
@@ -135,7 +150,7 @@ def init_app(app: Flask) -> None:
     def on_csrf_error(error: CSRFError):
         return error_page(
             "csrf_failed",
-            "The form's security token is missing or stale. Reload the page and try again.",
+            "This page is too old to send. Reload it (or log in again) and scan once more.",
             400,
         )
 

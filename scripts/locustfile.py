@@ -347,7 +347,7 @@ class BillerUser(WarehouseUser):
         with self.client.post(
             f"/bills/{self.bill}/parents",
             name="/bills/<bill_no>/parents",
-            data={"qr": qr},
+            data={"qr": qr, "confirm": "1"},
             headers=self.post_headers,
             catch_response=True,
         ) as response:

@@ -155,10 +155,10 @@ def fetch(url: str, headers: dict | None = None, timeout: float = 5) -> tuple[in
 
 
 class Gunicorn:
-    """``gunicorn -c gunicorn.conf.py wsgi:app`` on a free port, its stderr kept in ``log_path``."""
+    """``gunicorn -c gunicorn.conf.py wsgi:app`` on ``port`` (default: a free one), its stderr kept in ``log_path``."""
 
-    def __init__(self, log_path: Path, environment: dict, *args: str):
-        self.port = free_port()
+    def __init__(self, log_path: Path, environment: dict, *args: str, port: int | None = None):
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         environment = {**os.environ, **environment}

@@ -105,7 +105,7 @@ MATRIX = [
     page("/bills", dispatcher=403),
     post("/bills", form=NEW_BILL, biller=303),
     page("/bills/<bill_no>", "/bills/{bill}", dispatcher=403),
-    post("/bills/<bill_no>/parents", "/bills/{bill}/parents", form={"qr": "{parent}"}, biller=303),
+    post("/bills/<bill_no>/parents", "/bills/{bill}/parents", form={"qr": "{parent}", "confirm": "1"}, biller=303),
     post("/bills/<bill_no>/parents/<qr>/remove", "/bills/{bill}/parents/{loaded}/remove", biller=303),
     post("/bills/<bill_no>/close", "/bills/{bill}/close", biller=303),
     post("/bills/<bill_no>/reopen", "/bills/{bill}/reopen", biller=303),
@@ -148,6 +148,7 @@ MATRIX = [
     open_to_all("GET", "/ready"),
     open_to_all("GET", "/metrics", status=403),
     open_to_all("GET", "/static/<path:filename>", "/static/bagtrack.css"),
+    open_to_all("GET", "/sw.js"),
 ]
 ROWS = {(row.method, row.rule): row for row in MATRIX}
 
@@ -195,7 +196,7 @@ def floor(app, make_user, make_parent, make_bill):
         scanning.scan_child(db.session, user, parents[0].qr, loose)
         scanning.undo_last(db.session, user, parents[0].qr)
         bill = make_bill(f"B-{name.upper()}", capacity=5)
-        billing.load_parent(db.session, user, bill.bill_no, parents[1].qr)
+        billing.load_parent(db.session, user, bill.bill_no, parents[1].qr, confirmed=True)
         child = db.session.scalars(select(Bag.qr).where(Bag.parent_id == parents[0].id).order_by(Bag.qr)).first()
         objects[name] = {
             "parent": parents[0].qr,

@@ -76,7 +76,7 @@ def test_list_filters_by_area_and_bill(biller, make_parent, make_bill):
     south = make_parent("SB00002", area="SOUTH", children=1)
     make_bill("B-7")
     factory = db.session.scalars(select(User).where(User.username == "factory")).one()
-    billing.load_parent(db.session, factory, "B-7", south.qr)
+    billing.load_parent(db.session, factory, "B-7", south.qr, confirmed=True)
     assert listed(biller.get("/bags?kind=parent&area=south")) == ["SB00002"]
     assert listed(biller.get("/bags?kind=parent&area=WEST")) == []
     assert listed(biller.get("/bags?bill=b-7")) == ["SB00002"]
@@ -153,7 +153,7 @@ def test_bill_number_is_a_link_only_for_the_office(dispatcher, biller, make_pare
     parent = make_parent("SB00001", children=1)
     make_bill("B-7")
     factory = db.session.scalars(select(User).where(User.username == "factory")).one()
-    billing.load_parent(db.session, factory, "B-7", parent.qr)
+    billing.load_parent(db.session, factory, "B-7", parent.qr, confirmed=True)
     office = biller.get("/bags/SB00001").get_data(as_text=True)
     assert '<a href="/bills/B-7">B-7</a>' in office
     floor = dispatcher.get("/bags/SB00001").get_data(as_text=True)

@@ -14,9 +14,9 @@ from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, Bag, Bill, Scan
 
 
-def refused(call, *args) -> Refusal:
+def refused(call, *args, **kwargs) -> Refusal:
     with pytest.raises(Refusal) as caught:
-        call(db.session, *args)
+        call(db.session, *args, **kwargs)
     return caught.value
 
 
@@ -111,7 +111,7 @@ def test_other_bad_fields_are_invalid_input(biller, field, value, message):
 def test_load_parent_links_it_and_counts_it(biller, make_parent):
     make_parent("SB00001", children=4)
     new_bill(biller, "B-1", capacity=3)
-    result = billing.load_parent(db.session, biller, "b-1", "sb00001")
+    result = billing.load_parent(db.session, biller, "b-1", "sb00001", confirmed=True)
     assert result.duplicate is False
     bill, parent = fresh_bill("B-1"), fresh_bag("SB00001")
     assert parent.bill_id == bill.id
@@ -129,19 +129,26 @@ def test_load_parent_links_it_and_counts_it(biller, make_parent):
     assert json.loads(entry.before)["parent_count"] == 0 and json.loads(entry.after)["parent_count"] == 1
 
 
-def test_a_parent_need_not_be_complete_to_be_loaded(biller, make_parent):
+def test_a_parent_that_is_not_complete_is_loaded_only_when_confirmed(biller, make_parent):
     make_parent("SB00001", children=1)
     new_bill(biller)
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    refusal = refused(billing.load_parent, biller, "B-1", "SB00001")
+    assert (refusal.code, refusal.status) == ("parent_not_complete", 409)
+    assert refusal.message == "Parent bag SB00001 is not complete (1/30). Load it anyway?"
+    assert (last_scan().outcome, last_scan().reason) == ("rejected", "parent_not_complete")
+    assert fresh_bill("B-1").parent_count == 0 and fresh_bag("SB00001").bill_id is None
+
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     assert fresh_bag("SB00001").status == "open"
+    assert fresh_bill("B-1").parent_count == 1
 
 
 def test_loading_twice_is_a_duplicate_even_on_a_closed_full_bill(biller, make_parent):
     make_parent("SB00001", children=2)
     new_bill(biller, "B-1", capacity=1)
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     billing.close_bill(db.session, biller, "B-1")
-    result = billing.load_parent(db.session, biller, "B-1", "SB00001")
+    result = billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     assert result.duplicate is True
     bill = fresh_bill("B-1")
     assert (bill.parent_count, bill.child_count, bill.status) == (1, 2, "closed")
@@ -176,7 +183,7 @@ def test_closed_bill_refuses_a_new_parent(biller, make_parent):
     make_parent("SB00001", children=1)
     make_parent("SB00002", children=1)
     new_bill(biller)
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     billing.close_bill(db.session, biller, "B-1")
     refusal = refused(billing.load_parent, biller, "B-1", "SB00002")
     assert (refusal.code, refusal.status) == ("bill_closed", 409)
@@ -188,7 +195,7 @@ def test_parent_on_another_bill_is_refused_naming_it(biller, make_parent):
     make_parent("SB00001", children=1)
     new_bill(biller, "B-1")
     new_bill(biller, "B-2")
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     refusal = refused(billing.load_parent, biller, "B-2", "SB00001")
     assert (refusal.code, refusal.status) == ("parent_on_other_bill", 409)
     assert refusal.message == "Parent bag SB00001 is already on bill B-1."
@@ -207,8 +214,8 @@ def test_full_bill_is_refused(biller, make_parent):
     make_parent("SB00001", children=1)
     make_parent("SB00002", children=1)
     new_bill(biller, capacity=1)
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
-    refusal = refused(billing.load_parent, biller, "B-1", "SB00002")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
+    refusal = refused(billing.load_parent, biller, "B-1", "SB00002", confirmed=True)
     assert (refusal.code, refusal.status) == ("bill_full", 409)
     assert refusal.message == "Bill B-1 is full (1/1 parent bags)."
     assert fresh_bill("B-1").parent_count == 1
@@ -216,26 +223,27 @@ def test_full_bill_is_refused(biller, make_parent):
 
 def test_load_checks_run_in_the_documented_order(biller, make_parent):
     """invalid_qr/wrong_kind, bill_not_found, parent_not_found, duplicate, bill_closed,
-    parent_on_other_bill, parent_empty, bill_full."""
+    parent_on_other_bill, parent_empty, parent_not_complete, bill_full."""
     make_parent("SB00001", children=1)  # on B-1
     make_parent("SB00002", children=1)  # on B-2
     make_parent("SB00003")  # empty
     new_bill(biller, "B-1", capacity=1)
     new_bill(biller, "B-2", capacity=1)
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
-    billing.load_parent(db.session, biller, "B-2", "SB00002")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
+    billing.load_parent(db.session, biller, "B-2", "SB00002", confirmed=True)
     billing.close_bill(db.session, biller, "B-1")  # B-1: closed and full; B-2: open and full
 
     assert refused(billing.load_parent, biller, "B-404", "C0001").code == "wrong_kind"
     assert refused(billing.load_parent, biller, "B-404", "SB77777").code == "bill_not_found"
     assert refused(billing.load_parent, biller, "B-1", "SB77777").code == "parent_not_found"
-    assert billing.load_parent(db.session, biller, "B-1", "SB00001").duplicate is True
+    assert billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True).duplicate is True
     assert refused(billing.load_parent, biller, "B-1", "SB00002").code == "bill_closed"
     assert refused(billing.load_parent, biller, "B-1", "SB00003").code == "bill_closed"
     assert refused(billing.load_parent, biller, "B-2", "SB00001").code == "parent_on_other_bill"
     assert refused(billing.load_parent, biller, "B-2", "SB00003").code == "parent_empty"
     scanning.scan_child(db.session, biller, "SB00003", "C0003")
-    assert refused(billing.load_parent, biller, "B-2", "SB00003").code == "bill_full"
+    assert refused(billing.load_parent, biller, "B-2", "SB00003").code == "parent_not_complete"
+    assert refused(billing.load_parent, biller, "B-2", "SB00003", confirmed=True).code == "bill_full"
 
 
 def test_every_refused_load_is_logged_with_its_reason(biller, make_parent):
@@ -269,8 +277,8 @@ def test_remove_parent_takes_it_off_the_bill(biller, make_parent):
     make_parent("SB00001", children=3)
     make_parent("SB00002", children=2)
     new_bill(biller)
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
-    billing.load_parent(db.session, biller, "B-1", "SB00002")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
+    billing.load_parent(db.session, biller, "B-1", "SB00002", confirmed=True)
     billing.remove_parent(db.session, biller, "B-1", "sb00001")
     bill = fresh_bill("B-1")
     assert (bill.parent_count, bill.child_count) == (1, 2)
@@ -286,7 +294,7 @@ def test_remove_parent_takes_it_off_the_bill(biller, make_parent):
 def test_remove_from_a_closed_bill_is_refused(biller, make_parent):
     make_parent("SB00001", children=1)
     new_bill(biller)
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     billing.close_bill(db.session, biller, "B-1")
     refusal = refused(billing.remove_parent, biller, "B-1", "SB00001")
     assert (refusal.code, refusal.status, refusal.message) == ("bill_closed", 409, "Bill B-1 is closed.")
@@ -297,7 +305,7 @@ def test_remove_a_parent_that_is_not_on_the_bill_is_refused(biller, make_parent)
     make_parent("SB00001", children=1)
     new_bill(biller, "B-1")
     new_bill(biller, "B-2")
-    billing.load_parent(db.session, biller, "B-2", "SB00001")
+    billing.load_parent(db.session, biller, "B-2", "SB00001", confirmed=True)
     refusal = refused(billing.remove_parent, biller, "B-1", "SB00001")
     assert (refusal.code, refusal.status) == ("parent_not_on_bill", 409)
     assert refusal.message == "Parent bag SB00001 is not on bill B-1."
@@ -308,7 +316,7 @@ def test_remove_a_parent_that_is_not_on_the_bill_is_refused(biller, make_parent)
 def test_close_and_reopen_a_bill(biller, make_parent):
     make_parent("SB00001", children=1)
     new_bill(biller)
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     result = billing.close_bill(db.session, biller, "b-1")
     assert result.duplicate is False
     bill = fresh_bill("B-1")
@@ -347,11 +355,11 @@ def test_bill_counters_and_dashboard_equal_recounts(biller, make_parent):
     new_bill(biller, "B-1", capacity=3)
     new_bill(biller, "B-2", capacity=2)
     for qr in ("SB00001", "SB00002", "SB00003"):
-        billing.load_parent(db.session, biller, "B-1", qr)
+        billing.load_parent(db.session, biller, "B-1", qr, confirmed=True)
     refused(billing.load_parent, biller, "B-1", "SB00004")
     billing.remove_parent(db.session, biller, "B-1", "SB00002")
-    billing.load_parent(db.session, biller, "B-2", "SB00002")
-    billing.load_parent(db.session, biller, "B-2", "SB00004")
+    billing.load_parent(db.session, biller, "B-2", "SB00002", confirmed=True)
+    billing.load_parent(db.session, biller, "B-2", "SB00004", confirmed=True)
     billing.close_bill(db.session, biller, "B-2")
     assert (fresh_bill("B-1").parent_count, fresh_bill("B-1").child_count) == (2, 33)
     assert (fresh_bill("B-2").parent_count, fresh_bill("B-2").child_count) == (2, 6)

@@ -20,8 +20,9 @@ def new_bill(client, **fields):
     return client.post("/bills", data=form, headers=JSON)
 
 
-def load(client, bill_no, qr, headers=JSON):
-    return client.post(f"/bills/{bill_no}/parents", data={"qr": qr}, headers=headers)
+def load(client, bill_no, qr, headers=JSON, confirm="1"):
+    form = {"qr": qr} if confirm is None else {"qr": qr, "confirm": confirm}
+    return client.post(f"/bills/{bill_no}/parents", data=form, headers=headers)
 
 
 def refused(response, status, code):
@@ -170,6 +171,36 @@ def test_closed_bill_page_offers_reopen_and_no_remove(biller, make_bill, make_pa
     assert "/bills/B-1/reopen" in html
     assert "/bills/B-1/close" not in html
     assert "/remove" not in html
+    assert 'id="load-form"' not in html and "/bills/B-1/parents" not in html
+    assert "This bill is closed: reopen it to load or remove parent bags." in html
+
+
+def test_open_bill_page_asks_before_remove_and_close(biller, make_bill, make_parent):
+    make_bill("B-1")
+    parent = make_parent(children=1)
+    load(biller, "B-1", parent.qr)
+    html = biller.get("/bills/B-1").get_data(as_text=True)
+    assert 'id="load-form"' in html
+    assert f'data-confirm="Take parent bag {parent.qr} off bill B-1?"' in html
+    assert 'data-confirm="Close bill B-1?' in html
+
+
+def test_a_parent_that_is_not_complete_needs_a_confirmation(biller, make_bill, make_parent):
+    make_bill("B-1")
+    parent = make_parent(children=2)
+    message = refused(load(biller, "B-1", parent.qr, confirm=None), 409, "parent_not_complete")
+    assert message == f"Parent bag {parent.qr} is not complete (2/30). Load it anyway?"
+    page = load(biller, "B-1", parent.qr, headers={}, confirm="0")
+    assert page.status_code == 409
+    html = page.get_data(as_text=True)
+    assert 'data-error="parent_not_complete"' in html
+    assert f'<input type="hidden" name="qr" value="{parent.qr}">' in html
+    assert '<input type="hidden" name="confirm" value="1">' in html
+    assert f"Load {parent.qr} anyway" in html
+    assert db.session.scalar(select(Bill.parent_count).where(Bill.bill_no == "B-1")) == 0
+    assert load(biller, "B-1", parent.qr, headers={}).status_code == 303
+    db.session.expire_all()
+    assert db.session.scalar(select(Bill.parent_count).where(Bill.bill_no == "B-1")) == 1
 
 
 def test_unknown_bill_page_is_404(biller):
@@ -228,7 +259,7 @@ def test_a_refused_load_in_a_browser_re_renders_the_bill_page(biller, make_bill,
 def test_invalid_code_is_invalid_qr(biller, make_bill):
     make_bill("B-1")
     message = refused(load(biller, "B-1", "not a code!"), 400, "invalid_qr")
-    assert "parent code matches" in message
+    assert message.startswith("This is not a bag code")
     refused(load(biller, "B-1", ""), 400, "invalid_qr")
 
 

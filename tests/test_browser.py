@@ -3,8 +3,8 @@
 Drives Debian's Chromium (Playwright) against a live server on loopback,
 with the real Content-Security-Policy (so waits use locators, never eval):
 log in, scan a parent, fill it with 30 children by typing + Enter, see it
-complete and the next child refused, undo, then load it onto a bill and
-close the bill.
+complete and the next child refused, undo, then load a parent onto a bill
+(confirming it is not complete) and close the bill.
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ def test_load_a_parent_and_close_the_bill(live_server, browser, make_user, make_
     page.wait_for_url(f"{live_server}/bills/TRUCK-7")
 
     scan(page, "SB00002")  # the loading input has focus
+    expect(page.locator(".feedback-error")).to_contain_text("is not complete (3/30)")
+    page.click("text=Load anyway")
     expect(page.locator(".feedback-ok")).to_be_visible()
     expect(page.locator("main")).to_contain_text("SB00002")
 
@@ -124,6 +126,7 @@ def test_load_a_parent_and_close_the_bill(live_server, browser, make_user, make_
     assert "not found" in page.inner_text(".feedback-error").lower()
 
     page.reload()
+    page.once("dialog", lambda dialog: dialog.accept())  # "Close bill TRUCK-7? ..."
     page.click("text=Close bill")
     expect(page.locator("main")).to_contain_text("closed")
 

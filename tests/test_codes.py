@@ -79,9 +79,15 @@ def test_default_patterns_classify_parent_and_child(app):
 def test_neither_parent_nor_child_is_invalid_qr_with_the_expected_formats(app, raw):
     refusal = refused(codes.classify, raw)
     assert refusal.code == "invalid_qr"
-    assert "is not a bag code" in refusal.message
-    assert r"^SB\d{5}$" in refusal.message
-    assert "^[A-Z0-9]{4,20}$" in refusal.message
+    assert refusal.message.startswith("This is not a bag code")
+    assert "A parent bag code looks like SB00001, a child bag code looks like C0012345." in refusal.message
+    assert "^" not in refusal.message and "\\d" not in refusal.message
+
+
+def test_an_example_the_pattern_refuses_is_left_out(app):
+    app.config["BAGTRACK_CHILD_QR_EXAMPLE"] = "no-such-code"
+    refusal = refused(codes.classify, "AB-123")
+    assert refusal.message == "This is not a bag code: AB-123. A parent bag code looks like SB00001."
 
 
 def test_require_kind_refuses_the_other_kind(app):
@@ -100,7 +106,12 @@ def test_custom_patterns_from_app_config(make_app):
         assert codes.classify("k12") == codes.Code("K12", "child")
         refusal = refused(codes.classify, "SB12345")
         assert refusal.code == "invalid_qr"
-        assert r"^P\d{3}$" in refusal.message and r"^K\d{2,6}$" in refusal.message
+        # The default examples do not fit these patterns: no wrong example is shown.
+        assert refusal.message == "This is not a bag code: SB12345. Check that the label's code was read whole."
+    with make_app(BAGTRACK_PARENT_QR=r"^P\d{3}$", BAGTRACK_PARENT_QR_EXAMPLE="P001").app_context():
+        assert refused(codes.classify, "SB-1").message.endswith(", a child bag code looks like C0012345.")
+        message = refused(codes.classify, "SB-1").message
+        assert message.startswith("This is not a bag code: SB-1. A parent bag code looks like P001")
 
 
 def test_custom_patterns_are_matched_in_ascii_mode(make_app):

@@ -185,7 +185,9 @@ def test_many_billers_loading_one_bill_stop_at_its_capacity(big_app, biller, mak
     outcomes = run_together(
         big_app,
         [
-            lambda qr=f"SB{number:05d}": billing.load_parent(db.session, thread_user(biller.id), "B-1", qr)
+            lambda qr=f"SB{number:05d}": billing.load_parent(
+                db.session, thread_user(biller.id), "B-1", qr, confirmed=True
+            )
             for number in range(20)
         ],
     )
@@ -201,10 +203,10 @@ def test_load_remove_close_and_reopen_at_once_keep_the_bill_consistent(big_app, 
         make_parent(f"SB{number:05d}", children=number % 3 + 1)
     make_bill("B-1", capacity=8)
     for number in range(4):
-        billing.load_parent(db.session, biller, "B-1", f"SB{number:05d}")
+        billing.load_parent(db.session, biller, "B-1", f"SB{number:05d}", confirmed=True)
 
     actions = {
-        "load": lambda user, qr: billing.load_parent(db.session, user, "B-1", qr),
+        "load": lambda user, qr: billing.load_parent(db.session, user, "B-1", qr, confirmed=True),
         "remove": lambda user, qr: billing.remove_parent(db.session, user, "B-1", qr),
         "close": lambda user, qr: billing.close_bill(db.session, user, "B-1"),
         "reopen": lambda user, qr: billing.reopen_bill(db.session, user, "B-1"),

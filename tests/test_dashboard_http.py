@@ -55,7 +55,7 @@ def test_figures_follow_the_scans(dispatcher, biller, make_bill):
     make_bill("B-1")
     make_bill("B-2")
     factory = db.session.scalars(select(User).where(User.username == "factory")).one()
-    billing.load_parent(db.session, factory, "B-2", "SB00002")
+    billing.load_parent(db.session, factory, "B-2", "SB00002", confirmed=True)
     billing.close_bill(db.session, factory, "B-2")
 
     accepted = db.session.scalar(select(db.func.count()).select_from(Scan).where(Scan.outcome == "ok"))

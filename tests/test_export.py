@@ -41,7 +41,7 @@ def site(make_parent, make_user, make_bill):
     make_parent("SB00004", area="SOUTH", children=1)
     make_bill("B-1", capacity=3, description='=HYPERLINK("http://evil")')
     billing.load_parent(db.session, db.session.scalars(select(User).where(User.username == "factory")).one(), "B-1",
-                        "SB00003")  # fmt: skip
+                        "SB00003", confirmed=True)  # fmt: skip
 
 
 def test_cli_exports_bags_of_a_range_as_csv(runner, tmp_path, make_parent, make_user, make_bill):

@@ -60,7 +60,7 @@ def test_import_bags_imports_good_rows_and_reports_each_bad_row(runner, tmp_path
     held_child = db.session.scalar(select(Bag.qr).where(Bag.parent_id == existing.id))
     billed = make_parent("SB10002", children=1)
     make_bill("B-9", capacity=2)
-    billing.load_parent(db.session, factory(), "B-9", billed.qr)
+    billing.load_parent(db.session, factory(), "B-9", billed.qr, confirmed=True)
     path = write(
         tmp_path,
         "bags.csv",
@@ -205,7 +205,7 @@ def test_import_bills_loads_parents_with_the_loading_rules(runner, tmp_path, mak
         make_parent(qr, children=2)
     make_parent("SB70009")  # empty
     make_bill("B-OLD", capacity=5)
-    billing.load_parent(db.session, factory(), "B-OLD", "SB70006")
+    billing.load_parent(db.session, factory(), "B-OLD", "SB70006", confirmed=True)
     path = write(
         tmp_path,
         "bills.csv",

@@ -28,7 +28,7 @@ def floor(make_parent, make_bill, make_user):
     make_parent("SB00003", area="SOUTH")
     bill = make_bill("B-100", capacity=5)
     factory = db.session.query(User).filter_by(username="factory").one()
-    billing.load_parent(db.session, factory, bill.bill_no, full.qr)
+    billing.load_parent(db.session, factory, bill.bill_no, full.qr, confirmed=True)
     billing.close_bill(db.session, factory, bill.bill_no)
     return {"full": full, "partial": partial, "bill": bill, "factory": factory}
 

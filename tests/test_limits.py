@@ -159,8 +159,9 @@ def test_loading_bills_has_a_limit_of_its_own(limited_app, make_user, make_paren
     parents = [make_parent(children=1) for _ in range(3)]
     office = logged_in(app, make_user("office", role="biller", area=None), "10.0.8.1")
     for parent in parents[:2]:
-        assert office.post("/bills/B-7/parents", data={"qr": parent.qr}, headers=JSON).status_code == 200
-    refused = office.post("/bills/B-7/parents", data={"qr": parents[2].qr}, headers=JSON)
+        loaded = office.post("/bills/B-7/parents", data={"qr": parent.qr, "confirm": "1"}, headers=JSON)
+        assert loaded.status_code == 200
+    refused = office.post("/bills/B-7/parents", data={"qr": parents[2].qr, "confirm": "1"}, headers=JSON)
     assert refused.status_code == 429
     assert refused.get_json()["message"].startswith("Too many parents loaded in a short time.")
     assert office.get("/bills/B-7", headers=JSON).status_code != 429

@@ -103,10 +103,10 @@ def test_bill_page_costs_the_same_for_2_and_20_parents(counted, biller, make_par
     bill = make_bill("B-COUNT", capacity=30)
     parents = [make_parent(children=1, area="NORTH" if number % 2 else "SOUTH") for number in range(20)]
     for parent in parents[:2]:
-        billing.load_parent(db.session, office, bill.bill_no, parent.qr)
+        billing.load_parent(db.session, office, bill.bill_no, parent.qr, confirmed=True)
     few_page, few = get_page(counted, biller, f"/bills/{bill.bill_no}")
     for parent in parents[2:]:
-        billing.load_parent(db.session, office, bill.bill_no, parent.qr)
+        billing.load_parent(db.session, office, bill.bill_no, parent.qr, confirmed=True)
     many_page, many = get_page(counted, biller, f"/bills/{bill.bill_no}")
 
     assert few_page.get_data(as_text=True).count("/remove") == 2

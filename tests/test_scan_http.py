@@ -49,7 +49,7 @@ def refused(response, status: int, code: str) -> dict:
 
 def load_on_bill(make_bill, parent: Bag, bill_no: str = "B-1") -> None:
     make_bill(bill_no)
-    billing.load_parent(db.session, factory(), bill_no, parent.qr)
+    billing.load_parent(db.session, factory(), bill_no, parent.qr, confirmed=True)
 
 
 # Access -------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_control_and_zero_width_characters_are_dropped(scanner, qr, normalised):
 @pytest.mark.parametrize("qr", ["SB\uff10\uff10\uff1001", "SB 00001", "", "SB-0001", "x" * 65])
 def test_invalid_parent_codes_are_invalid_qr(scanner, qr):
     body = refused(scanner.post("/scan/parent", data={"qr": qr}, headers=JSON), 400, "invalid_qr")
-    assert "parent code matches" in body["message"]
+    assert "A parent bag code looks like SB00001" in body["message"]
     assert db.session.scalar(select(Bag.id)) is None
 
 
@@ -347,7 +347,7 @@ def test_refusal_page_for_an_unknown_parent_asks_for_a_parent(scanner):
     assert page.status_code == 404
     html = page.get_data(as_text=True)
     assert 'data-error="parent_not_found"' in html
-    assert '<section id="scan-parent" class="scan-parent" hidden>' in html
+    assert '<section id="scan-parent" class="scan-parent" hidden' in html
 
 
 # Switching parent from the child box -------------------------------------------
@@ -499,10 +499,12 @@ def test_duplicates_are_logged_as_accepted_scans(scanner, make_parent):
 def test_scanner_page_loads_its_script_without_inline_code(scanner, make_parent):
     make_parent("SB00001", children=2)
     html = scanner.get("/scan?parent=SB00001").get_data(as_text=True)
+    assert re.search(r'<script src="/static/floor\.js(\?v=\w+)?" defer></script>', html)
     assert re.search(r'<script src="/static/scan\.js(\?v=\w+)?" defer></script>', html)
     assert "<script>" not in html and "style=" not in html and " onclick=" not in html
     assert html.count("autofocus") == 1
     assert 'id="scan-count">2</span>' in html
-    script = scanner.get("/static/scan.js")
+    script = scanner.get("/static/floor.js")
     assert script.status_code == 200
-    assert b"X-CSRFToken" in script.data and b"Not sent" in script.data
+    assert b"X-CSRFToken" in script.data and b"localStorage" in script.data
+    assert 'id="queue-box"' in html and "Refused after reconnect" in html

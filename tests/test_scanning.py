@@ -155,7 +155,7 @@ def test_biller_names_the_area_of_a_new_parent(biller, make_area):
     make_area("SOUTH")
     refusal = refused(scanning.scan_parent, biller, "SB00001", None)
     assert (refusal.code, refusal.status) == ("invalid_input", 400)
-    assert refusal.message == "Choose the dispatch area (field 'area') for a new parent bag."
+    assert refusal.message == "Choose the area for this new parent bag."
     refusal = refused(scanning.scan_parent, biller, "SB00001", "WEST")
     assert refusal.code == "invalid_input"
     assert refusal.message == "There is no dispatch area WEST."
@@ -181,7 +181,7 @@ def test_parent_scan_of_a_row_that_is_a_child_is_wrong_kind(operator):
 def test_parent_scan_of_an_invalid_code_is_invalid_qr(operator):
     refusal = refused(scanning.scan_parent, operator, "SB-1")
     assert (refusal.code, refusal.status) == ("invalid_qr", 400)
-    assert refusal.message.startswith("SB-1 is not a bag code: a parent code matches")
+    assert refusal.message.startswith("This is not a bag code: SB-1. A parent bag code looks like SB00001")
 
 
 def test_dispatcher_cannot_resume_a_parent_of_another_area(operator, make_parent):
@@ -291,7 +291,7 @@ def test_duplicate_on_a_billed_parent_is_a_success(operator, biller, make_parent
     make_parent("SB00001", children=2)
     scanning.scan_child(db.session, operator, "SB00001", "C0001")
     make_bill("B-1")
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     result = scanning.scan_child(db.session, operator, "SB00001", "C0001")
     assert result.duplicate is True
     assert fresh_bag("SB00001").child_count == 3
@@ -300,7 +300,7 @@ def test_duplicate_on_a_billed_parent_is_a_success(operator, biller, make_parent
 def test_billed_parent_refuses_new_children(operator, biller, make_parent, make_bill):
     make_parent("SB00001", children=2)
     make_bill("B-1")
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     refusal = refused(scanning.scan_child, operator, "SB00001", "C0001")
     assert (refusal.code, refusal.status) == ("parent_on_bill", 409)
     assert refusal.message == "Parent bag SB00001 is loaded on a bill; its contents cannot change."
@@ -449,7 +449,7 @@ def test_child_scan_check_order_on_a_billed_full_parent(operator, biller, make_p
     assert refused(scanning.scan_child, operator, "SB00001", in_other).code == "child_in_other_parent"
     assert refused(scanning.scan_child, operator, "SB00001", "NEW0001").code == "parent_full"
     make_bill("B-1")
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     # Billed and full: duplicate first, then parent_on_bill for everything else.
     assert scanning.scan_child(db.session, operator, "SB00001", inside).duplicate is True
     assert refused(scanning.scan_child, operator, "SB00001", in_other).code == "parent_on_bill"
@@ -525,7 +525,7 @@ def test_undo_on_a_billed_parent_is_refused(biller, make_area, make_bill):
     scanning.scan_parent(db.session, biller, "SB00001", "NORTH")
     scanning.scan_child(db.session, biller, "SB00001", "C0001")
     make_bill("B-1")
-    billing.load_parent(db.session, biller, "B-1", "SB00001")
+    billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     refusal = refused(scanning.undo_last, biller, "SB00001")
     assert (refusal.code, refusal.status) == ("parent_on_bill", 409)
     assert fresh_bag("C0001").status == "packed"
@@ -633,14 +633,14 @@ def test_dashboard_figures_equal_recounts_after_a_day_of_work(app, operator, bil
     scanning.close_parent(db.session, biller, "SB00002")
     make_bill("B-1", capacity=2)
     make_bill("B-2", capacity=1)
-    billing.load_parent(db.session, biller, "B-1", "SB00002")
-    billing.load_parent(db.session, biller, "B-1", "SB00003")
-    billing.load_parent(db.session, biller, "B-1", "SB00003")
+    billing.load_parent(db.session, biller, "B-1", "SB00002", confirmed=True)
+    billing.load_parent(db.session, biller, "B-1", "SB00003", confirmed=True)
+    billing.load_parent(db.session, biller, "B-1", "SB00003", confirmed=True)
     refused(billing.load_parent, biller, "B-1", "SB00001")
     billing.close_bill(db.session, biller, "B-1")
     billing.reopen_bill(db.session, biller, "B-1")
     billing.remove_parent(db.session, biller, "B-1", "SB00003")
-    billing.load_parent(db.session, biller, "B-2", "SB00003")
+    billing.load_parent(db.session, biller, "B-2", "SB00003", confirmed=True)
     billing.close_bill(db.session, biller, "B-2")
 
     figures = stats.dashboard_figures(db.session, None)
@@ -674,10 +674,10 @@ def test_stale_bill_in_a_long_session_keeps_its_counters(app, biller, make_paren
     make_parent("SB00001", children=1)
     make_parent("SB00002", children=2)
     make_bill("B-1", capacity=2)
-    first = billing.load_parent(db.session, biller, "B-1", "SB00001")
+    first = billing.load_parent(db.session, biller, "B-1", "SB00001", confirmed=True)
     with app.app_context():
         other = db.session.get(type(biller), biller.id)
-        billing.load_parent(db.session, other, "B-1", "SB00002")
+        billing.load_parent(db.session, other, "B-1", "SB00002", confirmed=True)
         db.session.remove()
     assert billing.remove_parent(db.session, biller, "B-1", "SB00001").bill is first.bill
     db.session.expire_all()

@@ -171,6 +171,17 @@ def test_a_session_ends_after_a_shift_even_when_busy(make_user, login_as, make_p
     assert response.get_json()["error"] == "session_expired"
 
 
+def test_a_scan_posted_after_the_session_expired_logs_in_again_to_the_same_parent(make_user, login_as, make_parent):
+    parent = make_parent()
+    client = login_as(make_user())
+    shift_clocks(client, login_ago=3600, seen_ago=31 * 60)
+    response = client.post("/scan/child", data={"parent": f" {parent.qr.lower()}\r", "qr": "CHILD0001"})
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/login?next=/scan?parent%3D{parent.qr}"
+    login_page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert f'value="/scan?parent={parent.qr}"' in login_page
+
+
 def test_a_recent_session_goes_on_and_notes_its_use_once_a_minute(make_user, login_as):
     client = login_as(make_user())
     shift_clocks(client, login_ago=3600, seen_ago=29 * 60)

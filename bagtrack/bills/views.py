@@ -89,7 +89,9 @@ def detail(bill_no: str):
 @role_required("biller")
 def load(bill_no: str):
     try:
-        change = billing.load_parent(db.session, current_user, bill_no, request.form.get("qr"))
+        change = billing.load_parent(
+            db.session, current_user, bill_no, request.form.get("qr"), confirmed=request.form.get("confirm") == "1"
+        )
     except Refusal as refusal:
         return refusal_answer(refusal, render_bill_or_error(bill_no))
     bill, parent = change.bill, change.parent

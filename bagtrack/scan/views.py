@@ -12,7 +12,7 @@ is ``wrong_kind``, as the HTTP contract says.
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, send_from_directory, url_for
 from flask_login import current_user, login_required
 
 from .. import queries, scanning
@@ -79,6 +79,14 @@ def is_parent_code(raw_qr: str | None) -> bool:
         return classify(raw_qr).kind == "parent"
     except Refusal:
         return False
+
+
+@bp.get("/sw.js")
+def service_worker():
+    """The service worker that keeps an offline copy of the scanner pages; served from / so its scope is the site."""
+    response = send_from_directory(current_app.static_folder, "sw.js", mimetype="text/javascript", max_age=0)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
 
 
 @bp.get("/scan")

@@ -1,27 +1,45 @@
 // Loading parent bags onto a bill with a keyboard-wedge scanner: each scan
-// (code + Enter) is posted in the background, so the page never reloads and
-// the input is ready for the next scan at once. Without this script the form
-// posts normally and the server redirects back to the bill.
+// (code + Enter) goes through the scan queue of floor.js (stored first, sent
+// in order, kept until answered), so the page never reloads and the input is
+// ready for the next scan at once. Without this script the form posts
+// normally and the server redirects back to the bill.
 (function () {
   "use strict";
 
+  // Remove and Close ask first through confirm.js, with or without the loading box.
   const form = document.getElementById("load-form");
-  if (!form) {
+  if (!form || !window.bagtrackFloor) {
     return;
   }
+  const { ScanQueue, sound } = window.bagtrackFloor;
   const input = form.elements.namedItem("qr");
   const feedback = document.getElementById("load-feedback");
   const rows = document.getElementById("parent-rows");
-  const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
+  const scanRows = document.querySelector("#bill-scans tbody");
+  const full = document.getElementById("bill-full");
+  const user = document.getElementById("bill-scans").dataset.user;
+  const billNo = form.dataset.bill;
   // An empty Enter (some scanners send a second one) is ignored here rather than
   // answered with the browser's "fill out this field" bubble.
   form.noValidate = true;
 
-  function show(ok, message) {
+  function show(ok, message, actions) {
     feedback.hidden = false;
     feedback.textContent = message;
     feedback.classList.toggle("feedback-ok", ok);
     feedback.classList.toggle("feedback-error", !ok);
+    for (const action of actions || []) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "scan-go";
+      button.textContent = action.label;
+      button.addEventListener("click", () => {
+        feedback.hidden = true;
+        queue.add(action.scan);
+        input.focus();
+      });
+      feedback.append(" ", button);
+    }
   }
 
   // Weights are shown as the server renders them (33.0, 7.25); counts as whole numbers.
@@ -48,6 +66,7 @@
       progress.max = bill.capacity;
       progress.value = bill.parent_count;
     }
+    full.hidden = bill.parent_count < bill.capacity;
   }
 
   function cell(text) {
@@ -67,57 +86,69 @@
     link.textContent = parent.qr;
     const qrCell = document.createElement("td");
     qrCell.append(link);
-
-    const remove = document.createElement("form");
-    remove.method = "post";
-    remove.action = `${form.action}/${encodeURIComponent(parent.qr)}/remove`;
-    const token = document.createElement("input");
-    token.type = "hidden";
-    token.name = "csrf_token";
-    token.value = csrfToken;
-    const button = document.createElement("button");
-    button.type = "submit";
-    button.textContent = "Remove";
-    remove.append(token, button);
-    const removeCell = document.createElement("td");
-    removeCell.append(remove);
-
-    row.append(qrCell, cell(`${parent.child_count}/${parent.capacity}`), cell(parent.status), cell(parent.area), removeCell);
+    // Removing is a page action with its confirmation: the next page view shows the button.
+    row.append(qrCell, cell(`${parent.child_count}/${parent.capacity}`), cell(parent.status), cell(parent.area), cell(""));
     // Same order as the page renders them: by QR.
     const after = Array.from(rows.rows).find((existing) => existing.cells[0].textContent.trim() > parent.qr);
     rows.insertBefore(row, after || null);
   }
 
-  async function load(qr) {
-    const body = new FormData(form);
-    body.set("qr", qr);
-    let response;
-    let answer;
-    try {
-      response = await fetch(form.action, {
-        method: "POST",
-        body: body,
-        credentials: "same-origin",
-        headers: { Accept: "application/json", "X-CSRFToken": csrfToken },
-      });
-      answer = await response.json();
-    } catch (error) {
-      show(false, `${qr}: not saved (no answer from the server). Scan it again.`);
-      return;
+  // The scan log row the server has just written, shown without a reload.
+  function addScanRow(scan, answer) {
+    const empty = scanRows.querySelector("tr.empty");
+    if (empty) {
+      empty.remove();
     }
+    const now = new Date().toISOString().replace("T", " ").slice(0, 19);
+    let outcome = "ok";
     if (!answer.ok) {
-      show(false, answer.message);
-      return;
+      outcome = `rejected (${answer.error})`;
+    } else if (answer.duplicate) {
+      outcome = "ok (duplicate)";
+    }
+    const row = document.createElement("tr");
+    row.className = answer.ok ? "outcome-ok" : "outcome-rejected";
+    const area = answer.parent ? answer.parent.area : "—";
+    row.append(cell(now), cell("load"), cell(outcome), cell(scan.fields.qr.trim().toUpperCase()), cell(user), cell(area));
+    scanRows.prepend(row);
+    while (scanRows.rows.length > 20) {
+      scanRows.lastElementChild.remove();
+    }
+  }
+
+  function onAnswer(scan, answer, replayed) {
+    addScanRow(scan, answer);
+    if (!answer.ok) {
+      const actions =
+        answer.error === "parent_not_complete"
+          ? [{ label: "Load anyway", scan: { url: scan.url, fields: { ...scan.fields, confirm: "1" } } }]
+          : [];
+      const prefix = replayed ? `${scan.fields.qr}: ` : "";
+      show(false, prefix + answer.message, replayed ? [] : actions);
+      sound("refused");
+      return actions;
     }
     const bill = answer.bill;
     showFigures(bill);
     if (answer.duplicate) {
       show(true, `${answer.parent.qr} is already on this bill (${bill.parent_count}/${bill.capacity}).`);
+      sound("duplicate");
     } else {
       addParentRow(answer.parent);
       show(true, `Loaded ${answer.parent.qr}: ${bill.parent_count}/${bill.capacity} parent bags.`);
+      sound(bill.parent_count >= bill.capacity ? "complete" : "accepted");
     }
+    return [];
   }
+
+  const queue = ScanQueue({
+    name: `bill-${billNo}`,
+    user: user,
+    onAnswer: onAnswer,
+    describe: (scan) => scan.fields.qr + (scan.fields.confirm ? " (load anyway)" : ""),
+    loginUrl: () => `${form.dataset.login}?next=${encodeURIComponent(location.pathname)}`,
+  });
+  document.getElementById("queue-box").hidden = false;
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -126,7 +157,7 @@
     input.value = "";
     input.focus();
     if (qr) {
-      load(qr);
+      queue.add({ url: form.action, fields: { qr: qr } });
     }
   });
 })();

@@ -1,61 +1,51 @@
-// The scanner page, faster: the scan forms are sent with fetch and the page is
-// updated from the JSON answer instead of reloading. Without this file the same
-// forms post normally and the server redirects back to the scanner page.
+// The scanner page, faster and safe offline: the scan forms go through the
+// scan queue of floor.js (stored first, sent in order, kept until answered)
+// and the page is updated from the JSON answers instead of reloading. Without
+// this file the same forms post normally and the server redirects back.
 //
-// Scans are sent one at a time, in the order they were scanned, so a child
-// scanned right after a parent switch goes into the new parent. A scan that
-// did not reach the server (network error, server error, expired session,
-// rate limit) is never dropped quietly: the banner turns red, lists what was
-// not sent, and the code is put back in the input, selected, so Enter resends
-// it and the next scan replaces it.
+// Each queued scan carries the parent it is meant for, so a scan sent after a
+// reload or a closed tab needs nothing from the page. A parent scan (or a
+// parent code scanned into the child box) moves the scans queued after it to
+// that parent once the server has answered it.
 (function () {
   "use strict";
 
   const page = document.getElementById("scan-parent");
-  if (!page) {
+  if (!page || !window.bagtrackFloor) {
     return;
   }
+  const { ScanQueue, sound } = window.bagtrackFloor;
   const byId = (id) => document.getElementById(id);
   const feedback = byId("scan-feedback");
   const start = byId("scan-start");
+  const complete = byId("scan-complete");
+  const parentForm = byId("parent-form");
+  const childForm = byId("child-form");
+  const undoForm = byId("undo-form");
   const parentInput = byId("parent-qr");
   const childInput = byId("child-qr");
-  const csrfMeta = document.querySelector('meta[name="csrf-token"]');
-  // Answers that mean the server did not act on the scan: it must be sent again.
-  const RESEND_ERRORS = new Set(["login_required", "csrf_failed", "rate_limited", "unavailable"]);
-  const queue = [];
-  let sending = false;
-  let audio = null;
+  const areaSelect = parentForm.querySelector('select[name="area"]');
+  const AREA_KEY = "bagtrack.area";
+  let parentQr = page.dataset.parent || "";
+  let parentArea = page.dataset.area || "";
+
+  // What the server's normalising does to a scanned code, near enough to aim the next scans.
+  function tidy(code) {
+    return code.replace(/[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2060\ufeff]/g, "").trim().toUpperCase();
+  }
 
   function activeInput() {
-    return page.hidden ? parentInput : childInput;
+    return start.hidden ? childInput : parentInput;
   }
 
   function focusInput() {
     activeInput().focus();
   }
 
-  function beep() {
-    // Operators do not watch the screen at every scan; a refusal must be heard.
-    try {
-      audio = audio || new AudioContext();
-      const tone = audio.createOscillator();
-      tone.frequency.value = 220;
-      tone.connect(audio.destination);
-      tone.start();
-      tone.stop(audio.currentTime + 0.3);
-    } catch (error) {
-      // No sound on this device: the red banner still shows.
-    }
-  }
-
-  function show(ok, message) {
+  function show(kind, message) {
     feedback.hidden = false;
     feedback.textContent = message;
-    feedback.className = "feedback scan-feedback " + (ok ? "feedback-ok" : "feedback-error");
-    if (!ok) {
-      beep();
-    }
+    feedback.className = `feedback scan-feedback feedback-${kind}`;
   }
 
   function childItem(qr) {
@@ -64,9 +54,58 @@
     return item;
   }
 
-  function updateChildren(form, answer) {
+  function setComplete(isComplete) {
+    complete.hidden = !isComplete;
+    childForm.hidden = isComplete;
+    start.hidden = !isComplete && Boolean(parentQr);
+  }
+
+  function showParent(parent, children) {
+    const changed = parent.qr !== parentQr;
+    parentQr = parent.qr;
+    parentArea = parent.area;
+    byId("scan-parent-qr").textContent = parent.qr;
+    byId("scan-complete-qr").textContent = parent.qr;
+    const link = byId("scan-parent-link");
+    link.href = link.dataset.base + encodeURIComponent(parent.qr);
+    byId("scan-parent-area").textContent = parent.area;
+    const status = byId("scan-status");
+    status.textContent = parent.status;
+    status.className = `status status-${parent.status}`;
+    byId("scan-bill").hidden = !parent.bill_no;
+    byId("scan-bill-no").textContent = parent.bill_no || "";
+    byId("scan-count").textContent = parent.child_count;
+    byId("scan-capacity").textContent = parent.capacity;
+    const progress = byId("scan-progress");
+    progress.max = parent.capacity;
+    progress.value = parent.child_count;
+    if (children) {
+      byId("scan-children").replaceChildren(...children.slice().reverse().map(childItem));
+    } else if (changed) {
+      byId("scan-children").replaceChildren();
+    }
+    page.hidden = false;
+    setComplete(parent.status === "complete");
+    // A reload (or the next visit to this tab) stays on this parent.
+    history.replaceState(null, "", `?parent=${encodeURIComponent(parent.qr)}`);
+  }
+
+  // Scans waiting to be sent can be aimed at a parent the server has not confirmed yet.
+  function aimAt(qr) {
+    if (qr === parentQr) {
+      return;
+    }
+    parentQr = qr;
+    byId("scan-parent-qr").textContent = qr;
+    byId("scan-count").textContent = "…";
+    byId("scan-children").replaceChildren();
+    page.hidden = false;
+    setComplete(false);
+  }
+
+  function updateChildren(scan, answer) {
     const list = byId("scan-children");
-    if (form.action.endsWith("/scan/undo")) {
+    if (scan.url.endsWith("/scan/undo")) {
       const taken = Array.from(list.children).find((item) => item.textContent === answer.child.qr);
       if (taken) {
         taken.remove();
@@ -76,124 +115,154 @@
     }
   }
 
-  function showParent(parent, children) {
-    byId("scan-parent-qr").textContent = parent.qr;
-    const link = byId("scan-parent-link");
-    link.href = link.dataset.base + encodeURIComponent(parent.qr);
-    byId("scan-parent-area").textContent = parent.area;
-    const status = byId("scan-status");
-    status.textContent = parent.status;
-    status.className = "status status-" + parent.status;
-    byId("scan-bill").hidden = !parent.bill_no;
-    byId("scan-bill-no").textContent = parent.bill_no || "";
-    byId("scan-count").textContent = parent.child_count;
-    byId("scan-capacity").textContent = parent.capacity;
-    const progress = byId("scan-progress");
-    progress.max = parent.capacity;
-    progress.value = parent.child_count;
-    page.querySelectorAll('input[name="parent"]').forEach((input) => {
-      input.value = parent.qr;
-    });
-    page.querySelectorAll('input[name="area"]').forEach((input) => {
-      input.value = parent.area;
-    });
-    // Parent scans send the whole list; child scans and undo send only the child.
-    if (children) {
-      byId("scan-children").replaceChildren(...children.slice().reverse().map(childItem));
-    }
-    start.hidden = true;
-    page.hidden = false;
-    // A reload (or the next visit to this tab) stays on this parent.
-    history.replaceState(null, "", "?parent=" + encodeURIComponent(parent.qr));
-  }
-
-  async function send(scan) {
-    const body = new FormData(scan.form);
-    if (scan.code !== null) {
-      body.set("qr", scan.code);
-    }
-    let response;
-    try {
-      response = await fetch(scan.form.action, {
-        method: "POST",
-        body: body,
-        credentials: "same-origin",
-        headers: { Accept: "application/json", "X-CSRFToken": csrfMeta ? csrfMeta.content : "" },
-      });
-    } catch (error) {
-      return { sent: false, message: "No connection to the server." };
-    }
-    let answer = null;
-    try {
-      answer = await response.json();
-    } catch (error) {
-      answer = null;
-    }
-    if (!answer || typeof answer.ok !== "boolean" || response.status >= 500) {
-      return { sent: false, message: "The server answered " + response.status + "." };
-    }
-    if (!answer.ok && RESEND_ERRORS.has(answer.error)) {
-      return { sent: false, message: answer.message };
-    }
-    if (answer.ok && answer.parent) {
-      showParent(answer.parent, answer.children);
-      if (!answer.children && answer.child) {
-        updateChildren(scan.form, answer);
-      }
-    }
-    show(answer.ok, answer.message || (answer.ok ? "Done." : "Refused."));
-    return { sent: true };
-  }
-
-  function keepUnsent(failed, message) {
-    const unsent = [failed, ...queue.splice(0)].map((scan) => scan.code).filter((code) => code !== null);
-    show(false, message + (unsent.length ? " Not sent — scan again: " + unsent.join(", ") : " Not sent — try again."));
-    const input = activeInput();
-    // Never overwrite a scan being typed right now.
-    if (unsent.length && input.value === "") {
-      input.value = unsent[0];
-      input.focus();
-      input.select();
-    }
-  }
-
-  async function drain() {
-    if (sending) {
-      return;
-    }
-    sending = true;
-    while (queue.length) {
-      const scan = queue.shift();
-      const result = await send(scan);
-      if (!result.sent) {
-        keepUnsent(scan, result.message);
-        break;
-      }
-    }
-    sending = false;
-    if (document.activeElement !== activeInput()) {
-      focusInput();
-    }
-  }
-
-  document.querySelectorAll("form[data-scan]").forEach((form) => {
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      const input = form.querySelector('input[name="qr"]');
-      let code = null;
-      if (input) {
-        code = input.value;
-        // Cleared at once, so the next scan can be typed while this one is sent.
-        input.value = "";
-        if (code.trim() === "") {
-          focusInput();
-          return;
+  function onAnswer(scan, answer, replayed) {
+    if (!answer.ok) {
+      show("error", replayed ? `${describe(scan)}: ${answer.message}` : answer.message);
+      sound("refused");
+      if (scan.url.endsWith("/scan/parent") && tidy(scan.fields.qr) === parentQr && page.dataset.confirmed !== parentQr) {
+        // The parent this page was waiting for does not exist for this worker: back to the start.
+        parentQr = page.dataset.confirmed || "";
+        byId("scan-parent-qr").textContent = parentQr;
+        if (!parentQr) {
+          page.hidden = true;
+          start.hidden = false;
         }
       }
-      queue.push({ form: form, code: code });
-      drain();
-    });
+      return [];
+    }
+    if (answer.parent) {
+      page.dataset.confirmed = answer.parent.qr;
+      showParent(answer.parent, answer.children);
+      if (!answer.children && answer.child) {
+        updateChildren(scan, answer);
+      }
+    }
+    const wasChild = answer.child && !scan.url.endsWith("/scan/undo");
+    show("ok", answer.message || "Done.");
+    const focused = document.activeElement;
+    if (!focused || focused === document.body || focused.closest("[hidden]")) {
+      focusInput(); // the box that had the focus was just put away (COMPLETE asks for the next parent)
+    }
+    if (wasChild && answer.duplicate) {
+      sound("duplicate");
+    } else if (wasChild && answer.parent.status === "complete") {
+      sound("complete");
+    } else {
+      sound("accepted");
+    }
+    return [];
+  }
+
+  // Scans queued after a parent scan follow that parent once it is answered.
+  function afterAnswer(scan, answer, rest) {
+    const isParentScan = scan.url.endsWith("/scan/parent") || answer.switched;
+    if (!answer.ok || !answer.parent || !isParentScan) {
+      return rest;
+    }
+    const aimed = scan.url.endsWith("/scan/parent") ? tidy(scan.fields.qr) : scan.fields.parent;
+    for (const later of rest) {
+      if (!later.url.endsWith("/scan/parent") && later.fields.parent === aimed) {
+        later.fields.parent = answer.parent.qr;
+      }
+    }
+    return rest;
+  }
+
+  function describe(scan) {
+    if (scan.url.endsWith("/scan/undo")) {
+      return `undo in ${scan.fields.parent}`;
+    }
+    if (scan.url.endsWith("/scan/parent")) {
+      return `parent ${scan.fields.qr}`;
+    }
+    return `${scan.fields.qr} → ${scan.fields.parent}`;
+  }
+
+  function loginUrl() {
+    const next = parentQr ? `/scan?parent=${encodeURIComponent(parentQr)}` : "/scan";
+    return `${page.dataset.login}?next=${encodeURIComponent(next)}`;
+  }
+
+  const queue = ScanQueue({
+    name: "scan",
+    user: page.dataset.user,
+    onAnswer: onAnswer,
+    afterAnswer: afterAnswer,
+    describe: describe,
+    loginUrl: loginUrl,
   });
+
+  function take(input) {
+    const code = input.value;
+    // Cleared at once, so the next scan can be typed while this one is sent.
+    input.value = "";
+    return code.trim() === "" ? "" : code;
+  }
+
+  parentForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const code = take(parentInput);
+    if (!code) {
+      focusInput();
+      return;
+    }
+    if (!complete.hidden) {
+      // After COMPLETE the scan goes to the child route with "switch": a parent code starts that
+      // parent, a double-fired last child stays a harmless duplicate, another child is told the parent is full.
+      const fields = { parent: parentQr, qr: code, switch: "1" };
+      if (areaSelect) {
+        fields.area = areaSelect.value || parentArea;
+      }
+      queue.add({ url: childForm.action, fields: fields });
+      return;
+    }
+    const fields = { qr: code };
+    if (areaSelect) {
+      fields.area = areaSelect.value;
+    }
+    queue.add({ url: parentForm.action, fields: fields });
+    aimAt(tidy(code));
+    focusInput();
+  });
+
+  childForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const code = take(childInput);
+    if (code) {
+      const fields = { parent: parentQr, qr: code, switch: "1" };
+      if (areaSelect) {
+        fields.area = parentArea;
+      }
+      queue.add({ url: childForm.action, fields: fields });
+    }
+    focusInput();
+  });
+
+  undoForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    queue.add({ url: undoForm.action, fields: { parent: parentQr } });
+    focusInput();
+  });
+
+  // A biller's area for new parents is remembered on this handheld.
+  if (areaSelect) {
+    const remembered = localStorage.getItem(AREA_KEY);
+    const known = Array.from(areaSelect.options).some((option) => option.value === remembered);
+    if (remembered && known && !areaSelect.dataset.chosen) {
+      areaSelect.value = remembered;
+    }
+    areaSelect.addEventListener("change", () => localStorage.setItem(AREA_KEY, areaSelect.value));
+  }
+
+  // The page may come from the offline copy: the parent in the address is the one to scan into.
+  const asked = new URLSearchParams(location.search).get("parent");
+  if (asked && tidy(asked) !== parentQr) {
+    aimAt(tidy(asked));
+  } else if (page.dataset.status === "complete") {
+    setComplete(true);
+  }
+  page.dataset.confirmed = page.dataset.parent || "";
+  byId("queue-box").hidden = false;
 
   // A wedge scanner types wherever the focus is: a keystroke landing outside
   // an input (after a click on a button, say) is sent to the scan input.
@@ -208,4 +277,5 @@
     focusInput();
   });
   window.addEventListener("focus", focusInput);
+  focusInput();
 })();
