@@ -114,3 +114,64 @@ def test_unknown_time_zone_stops_the_start(monkeypatch):
     monkeypatch.setenv("BAGTRACK_TIMEZONE", "Mars/Olympus")
     with pytest.raises(SystemExit, match="BAGTRACK_TIMEZONE must be an IANA time zone name"):
         create_app()
+
+
+def _http_login(base: str, username: str):
+    import requests
+    from conftest import CSRF_META, JSON, PASSWORD
+
+    session = requests.Session()
+    token = CSRF_META.search(session.get(f"{base}/login", timeout=5).text).group(1)
+    answer = session.post(
+        f"{base}/login",
+        data={"username": username, "password": PASSWORD, "csrf_token": token},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert answer.status_code == 303, answer.text
+    token = CSRF_META.search(session.get(f"{base}/scan", timeout=5).text).group(1)
+    session.headers.update({"X-CSRFToken": token, **JSON})
+    return session
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_reports_through_gunicorn_in_local_time(make_app, database_url, tmp_path):
+    """Scans through the real server land in the operator report of the local day, in Kolkata."""
+    from conftest import PASSWORD
+    from servers import Gunicorn, scratch_database
+    from sqlalchemy.engine import make_url
+
+    name = f"{make_url(database_url).database}_reports"
+    with scratch_database(database_url, name) as scratch_url:
+        cli = make_app(SQLALCHEMY_DATABASE_URI=scratch_url).test_cli_runner()
+        for command in (
+            ["areas", "add", "NORTH"],
+            ["users", "create", "floor", "--role", "dispatcher", "--area", "NORTH", "--password", PASSWORD],
+            ["users", "create", "office", "--role", "biller", "--password", PASSWORD],
+        ):
+            result = cli.invoke(args=command)
+            assert result.exit_code == 0, result.output
+        environment = {
+            "DATABASE_URL": scratch_url,
+            "SECRET_KEY": "reports-test-secret-reports-test-secret",
+            "REDIS_URL": "",
+            "BAGTRACK_TIMEZONE": "Asia/Kolkata",
+        }
+        server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
+        try:
+            floor_client = _http_login(server.base, "floor")
+            assert floor_client.post(f"{server.base}/scan/parent", data={"qr": "SB00001"}).status_code == 201
+            for number in range(3):
+                child = {"parent": "SB00001", "qr": f"KID{number:04d}"}
+                assert floor_client.post(f"{server.base}/scan/child", data=child).status_code == 201
+            refused = floor_client.post(f"{server.base}/scan/child", data={"parent": "SB00001", "qr": "!"})
+            assert refused.status_code == 400
+
+            body = _http_login(server.base, "office").get(f"{server.base}/api/reports/operators", timeout=5).json()
+        finally:
+            server.terminate(timeout=30)
+    assert body["day"] == datetime.now(ZoneInfo("Asia/Kolkata")).date().isoformat()
+    (row,) = body["operators"]
+    assert (row["user"], row["area"], row["accepted"], row["rejected"]) == ("floor", "NORTH", 4, 1)
+    assert row["rejected_by_reason"] == {"invalid_qr": 1}
