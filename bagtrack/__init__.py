@@ -49,9 +49,11 @@ def create_app(config: dict | None = None) -> Flask:
     from .dashboard.views import bp as dashboard_bp
     from .exports.views import bp as exports_bp
     from .ops.views import bp as ops_bp
+    from .reports.views import bp as reports_bp
     from .scan.views import bp as scan_bp
 
-    for blueprint in (auth_bp, dashboard_bp, scan_bp, bags_bp, bills_bp, api_bp, ops_bp, admin_bp, exports_bp):
+    blueprints = (auth_bp, dashboard_bp, scan_bp, bags_bp, bills_bp, api_bp, ops_bp, admin_bp, exports_bp, reports_bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
     # After the blueprints: the named limits are put on their routes.
     limits.init_app(app)

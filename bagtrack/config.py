@@ -142,6 +142,17 @@ def env_networks(environ: Mapping[str, str], name: str, default: str) -> tuple:
     return tuple(networks)
 
 
+def env_timezone(environ: Mapping[str, str], name: str, default: str):
+    """An IANA time zone name such as ``Asia/Kolkata``."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    raw = env_str(environ, name, default)
+    try:
+        return ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{name} must be an IANA time zone name such as Asia/Kolkata or UTC, got {raw!r}") from None
+
+
 def with_psycopg2(url: str) -> str:
     """SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3; this stack runs psycopg2."""
     for prefix in ("postgres://", "postgresql://"):
@@ -206,6 +217,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "BAGTRACK_2FA_KEY": env_str(environ, "BAGTRACK_2FA_KEY"),
         # How long requests share a snapshot of the logged-in user (0: read it every request).
         "BAGTRACK_USER_CACHE_S": env_float(environ, "BAGTRACK_USER_CACHE_S", 2.0),
+        # The warehouse's clock: "today", day boundaries and every time shown on a page.
+        "BAGTRACK_TIMEZONE": env_timezone(environ, "BAGTRACK_TIMEZONE", "UTC"),
+        # How often the dashboard asks for fresh figures and charts.
+        "BAGTRACK_DASHBOARD_REFRESH_S": env_float(environ, "BAGTRACK_DASHBOARD_REFRESH_S", 5.0, minimum=0.5),
         # Database pool.
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options(environ, database_url),
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,

@@ -1,6 +1,6 @@
 """Exports of bags, scans and bills for a range of days, as CSV or XLSX.
 
-A range is whole days in UTC, both ends included, at most ``MAX_DAYS`` long:
+A range is whole local days (``BAGTRACK_TIMEZONE``), both ends included, at most ``MAX_DAYS`` long:
 bags and bills by the time they were created, scans by the time they were
 made. Rows come in id order, read in keyset batches that each end their
 transaction, so an export holds no connection while its rows travel and
@@ -25,12 +25,13 @@ import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
+from . import timeline
 from .access import area_scope
 from .audit import record
 from .errors import Refusal
@@ -51,6 +52,12 @@ COLUMNS = {
         "bill_no", "status", "parent_count", "capacity", "child_count", "weight_kg", "expected_weight_kg",
         "destination", "vehicle_no", "description", "created_at", "closed_at",
     ),
+    # The supervisors' reports, written by the same CSV and XLSX writers.
+    "operators": (
+        "user", "area", "accepted", "rejected", "rejected_by_reason", "parents_completed", "first_at", "last_at",
+        "active_hours", "per_active_hour",
+    ),
+    "daily": ("bill_no", "closed_at", "parents", "children", "weight_kg", "destination", "vehicle", "closed_by"),
 }  # fmt: skip
 MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
@@ -69,18 +76,18 @@ LAST_DAY = date(2999, 12, 31)
 
 @dataclass(frozen=True)
 class Days:
-    """Whole days in UTC, ``first`` to ``last`` included."""
+    """Whole local days (``BAGTRACK_TIMEZONE``), ``first`` to ``last`` included."""
 
     first: date
     last: date
 
     @property
     def start(self) -> datetime:
-        return datetime.combine(self.first, datetime.min.time())
+        return timeline.day_range(self.first)[0]
 
     @property
     def end(self) -> datetime:
-        return datetime.combine(self.last + timedelta(days=1), datetime.min.time())
+        return timeline.day_range(self.last)[1]
 
     @property
     def label(self) -> str:
@@ -90,11 +97,11 @@ class Days:
 def parse_days(raw_from: str | None, raw_to: str | None, today: date | None = None) -> Days:
     """The days from ``raw_from`` to ``raw_to`` (YYYY-MM-DD), both included.
 
-    ``to`` defaults to today (UTC) and ``from`` to ``DEFAULT_DAYS`` days
+    ``to`` defaults to today (local) and ``from`` to ``DEFAULT_DAYS`` days
     ending on ``to``. A malformed date, ``from`` after ``to`` or more than
     ``MAX_DAYS`` days is ``invalid_input``.
     """
-    today = today or datetime.now(UTC).date()
+    today = today or timeline.today()
     last = parse_day(raw_to, "to") or today
     first = parse_day(raw_from, "from") or max(last - timedelta(days=DEFAULT_DAYS - 1), FIRST_DAY)
     if first > last:

@@ -445,11 +445,12 @@ def _judge(connection, table: str, verdicts: str, **params) -> None:
     _execute(connection, "DELETE FROM import_verdict")
 
 
-def _add_tallies(session, deltas: dict[int, Counter]) -> list[int]:
+def _add_tallies(session, deltas: dict[int, Counter], params: dict) -> list[int]:
+    """Add each area's deltas to the tally, in the hour the import stamped on its scans."""
     for area_id, counts in deltas.items():
         changed = {name: value for name, value in counts.items() if value}
         if changed:
-            add_to_tally(session, area_id, **changed)
+            add_to_tally(session, area_id, user_id=params["user_id"], at=params["now"], **changed)
     return sorted(deltas)
 
 
@@ -561,7 +562,7 @@ class BagLayout:
             self.writer.finish()
         for area_id, children, linked in _execute(connection, NEW_CHILDREN_BY_AREA):
             deltas[area_id].update(children=children, scans_ok=linked)
-        return _add_tallies(session, deltas)
+        return _add_tallies(session, deltas, params)
 
 
 BAG_CHECKS = (
@@ -766,7 +767,7 @@ class BillLayout:
         params = {"user_id": user.id if user is not None else None, "now": utcnow()}
         for statement in BILL_WRITES:
             _execute(connection, statement, **params)
-        return _add_tallies(session, deltas)
+        return _add_tallies(session, deltas, params)
 
 
 BILL_STAGE_COLUMNS = (

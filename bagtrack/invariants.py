@@ -7,8 +7,10 @@ Each check is one statement that returns the offending rows (at most
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
+from . import ledger
+from .models import TallyHour
 from .stats import dashboard_figures
 
 EXAMPLES = 10
@@ -161,7 +163,46 @@ def find_violations(session) -> list[str]:
         "linked children without their scan",
     )
     violations.extend(_tally_violations(session, connection))
+    violations.extend(_hourly_violations(connection))
     return violations
+
+
+HOURLY_SCANS = select(TallyHour.hour, TallyHour.area_id, TallyHour.user_id, TallyHour.reason, TallyHour.scans).where(
+    TallyHour.scans != 0
+)
+HOURLY_COMPLETE = select(TallyHour.area_id, func.sum(TallyHour.parents_complete)).group_by(TallyHour.area_id)
+COMPLETE_BY_AREA = "SELECT area_id, count(*) FROM bag WHERE kind = 'parent' AND status = 'complete' GROUP BY area_id"
+
+
+def _hourly_violations(connection) -> list[str]:
+    """The per-hour tally the charts and reports read, against the scan log and the bags.
+
+    Each hour, area, user and reason counts the scan-log rows it stands for;
+    the parents completed over all hours of an area are its complete parents.
+    """
+    counted = ledger.scans_by_hour(connection)
+    kept = {tuple(row[:4]): int(row[4]) for row in connection.execute(HOURLY_SCANS)}
+    areas = dict(connection.execute(text("SELECT id, code FROM dispatch_area")).all())
+    users = dict(connection.execute(text("SELECT id, username FROM app_user")).all())
+    violations = []
+    for key in sorted(set(counted) | set(kept), key=str):
+        if counted.get(key, 0) != kept.get(key, 0):
+            hour, area_id, user_id, reason = key
+            violations.append(
+                f"Hourly tally of {hour:%Y-%m-%d %H:%M} UTC, area {areas.get(area_id, 'none')},"
+                f" user {users.get(user_id, 'none')},"
+                f" {'refusals ' + reason if reason else 'accepted scans'}: {kept.get(key, 0)}"
+                f" but the scan log holds {counted.get(key, 0)}."
+            )
+    complete = {area_id: int(count) for area_id, count in connection.execute(text(COMPLETE_BY_AREA))}
+    shown = {area_id: int(total or 0) for area_id, total in connection.execute(HOURLY_COMPLETE)}
+    for area_id in sorted(set(complete) | set(shown)):
+        if shown.get(area_id, 0) != complete.get(area_id, 0):
+            violations.append(
+                f"Hourly tally of area {areas.get(area_id, 'none')} shows {shown.get(area_id, 0)} parents completed"
+                f" but {complete.get(area_id, 0)} parents are complete."
+            )
+    return violations[: EXAMPLES + 1]
 
 
 def _tally_violations(session, connection) -> list[str]:

@@ -6,17 +6,17 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from . import cache
+from . import cache, timeline
 from .errors import Refusal
-from .models import TALLY_FIELDS, Scan, Tally, User, utcnow
+from .models import TALLY_FIELDS, Scan, Tally, TallyHour, User, utcnow
 from .observability import describe_database_error
 
 T = TypeVar("T")
@@ -55,27 +55,144 @@ def insert_ignoring_duplicates(session, model, values: dict, key: str):
     return session.connection().execute(statement, values).scalar_one_or_none()
 
 
-def add_to_tally(session, area_id: int, **deltas: int) -> None:
-    """Add ``deltas`` to today's tally of ``area_id`` (0 for bills) in this transaction."""
+# What a scan adds to its hour's row of the per-hour tally.
+HOURLY_FIELDS = ("scans_ok", "scans_rejected", "parents_complete")
+
+
+def tally_statement(dialect: str, *, hourly: bool):
+    """The one statement that adds to the tally: today's area row and, with ``hourly``, the hour's row.
+
+    Parameters: ``area_id``, ``day``, ``shard`` and every tally field; with
+    ``hourly`` also ``hour``, ``user_id``, ``reason``, ``hour_scans`` and
+    ``hour_parents_complete``. On PostgreSQL both rows are written by one
+    statement (the hour's upsert is a CTE of the day's); SQLite cannot, and
+    gets :func:`hour_statement` run after it.
+    """
+    key = (dialect, "tally", hourly and dialect == "postgresql")
+    statement = _statements.get(key)
+    if statement is not None:
+        return statement
+    table = Tally.__table__
+    statement = _insert(dialect, table).values(
+        area_id=bindparam("area_id"),
+        day=bindparam("day"),
+        shard=bindparam("shard"),
+        **{field: bindparam(field) for field in TALLY_FIELDS},
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["area_id", "day", "shard"],
+        set_={field: table.c[field] + statement.excluded[field] for field in TALLY_FIELDS},
+    )
+    if hourly and dialect == "postgresql":
+        statement = statement.add_cte(hour_statement(dialect).cte("hourly"))
+    _statements[key] = statement
+    return statement
+
+
+def hour_statement(dialect: str):
+    """The upsert of one row of the per-hour tally (see :func:`tally_statement` for its parameters)."""
+    table = TallyHour.__table__
+    statement = _insert(dialect, table).values(
+        hour=bindparam("hour"),
+        area_id=bindparam("area_id"),
+        user_id=bindparam("user_id"),
+        reason=bindparam("reason"),
+        scans=bindparam("hour_scans"),
+        parents_complete=bindparam("hour_parents_complete"),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["hour", "area_id", "user_id", "reason"],
+        set_={
+            "scans": table.c.scans + statement.excluded.scans,
+            "parents_complete": table.c.parents_complete + statement.excluded.parents_complete,
+        },
+    )
+
+
+def add_to_tally(
+    session,
+    area_id: int,
+    *,
+    user_id: int | None = None,
+    reason: str | None = None,
+    at: datetime | None = None,
+    **deltas: int,
+) -> None:
+    """Add ``deltas`` to the tally of ``area_id`` (0 for bills) in this transaction.
+
+    The area's row of the local day of ``at`` (default: now) always; when the
+    deltas count scans or completed parents, also the row of that local hour,
+    ``user_id`` (None: no user) and ``reason`` (of a refusal; accepted scans
+    count under ''). ``at`` is the scan's own time, so the hour is the one
+    its scan-log row falls in.
+    """
     unknown = set(deltas) - set(TALLY_FIELDS)
     if unknown:
         raise ValueError(f"not tally fields: {sorted(unknown)}")
     session.info.setdefault(CHANGED_TALLIES, set()).add(area_id)
+    at = utcnow() if at is None else at
+    hourly = any(deltas.get(field) for field in HOURLY_FIELDS)
     dialect = _dialect(session)
-    statement = _statements.get((dialect, Tally))
-    if statement is None:
-        table = Tally.__table__
-        statement = _insert(dialect, table)
-        statement = statement.on_conflict_do_update(
-            index_elements=["area_id", "day", "shard"],
-            set_={field: table.c[field] + statement.excluded[field] for field in TALLY_FIELDS},
+    values = {
+        "area_id": area_id,
+        "day": timeline.local_day(at),
+        "shard": random.randrange(TALLY_SHARDS),
+        **{field: deltas.get(field, 0) for field in TALLY_FIELDS},
+    }
+    if hourly:
+        values.update(
+            hour=timeline.hour_start(at),
+            user_id=user_id or 0,
+            reason=(reason or "") if deltas.get("scans_rejected") else "",
+            hour_scans=deltas.get("scans_ok", 0) + deltas.get("scans_rejected", 0),
+            hour_parents_complete=deltas.get("parents_complete", 0),
         )
-        _statements[(dialect, Tally)] = statement
-    row = {field: deltas.get(field, 0) for field in TALLY_FIELDS}
-    session.connection().execute(
-        statement,
-        {"area_id": area_id, "day": datetime.now(UTC).date(), "shard": random.randrange(TALLY_SHARDS), **row},
+    connection = session.connection()
+    connection.execute(tally_statement(dialect, hourly=hourly), values)
+    if hourly and dialect != "postgresql":
+        connection.execute(hour_statement(dialect), values)
+
+
+def add_hours(connection, hours: dict[tuple, list[int]]) -> None:
+    """Add many rows to the per-hour tally: ``{(hour, area_id, user_id, reason): [scans, parents_complete]}``."""
+    if hours:
+        connection.execute(
+            hour_statement(connection.dialect.name),
+            [
+                {
+                    "hour": hour,
+                    "area_id": area_id,
+                    "user_id": user_id,
+                    "reason": reason,
+                    "hour_scans": scans,
+                    "hour_parents_complete": complete,
+                }
+                for (hour, area_id, user_id, reason), (scans, complete) in hours.items()
+            ],
+        )
+
+
+def scans_by_hour(connection, condition: str = "true", **params) -> dict[tuple, int]:
+    """Scan-log rows matching ``condition`` counted as the per-hour tally counts them.
+
+    ``{(hour, area_id, user_id, reason): scans}``: the database groups the
+    rows by quarter hour in UTC (every zone's hours start on one), Python
+    turns quarters into local hours.
+    """
+    quarter = timeline.quarter_sql(connection.dialect.name, "at")
+    rows = connection.execute(
+        text(
+            f"SELECT {quarter}, coalesce(area_id, 0), coalesce(user_id, 0),"
+            " CASE WHEN outcome = 'ok' THEN '' ELSE reason END, count(*)"
+            f" FROM scan WHERE {condition} GROUP BY 1, 2, 3, 4"
+        ),
+        params,
     )
+    counts: dict[tuple, int] = {}
+    for quarter_no, area_id, user_id, reason, scans in rows:
+        key = (timeline.hour_start(timeline.quarter_moment(quarter_no)), area_id, user_id, reason)
+        counts[key] = counts.get(key, 0) + scans
+    return counts
 
 
 _SCAN_INSERT = insert(Scan.__table__)
@@ -93,11 +210,13 @@ def log_scan(
     area_id: int | None = None,
     reason: str | None = None,
     outcome: str = "ok",
-) -> None:
+) -> datetime:
+    """Write one scan-log row; returns its time."""
+    at = utcnow()
     session.connection().execute(
         _SCAN_INSERT,
         {
-            "at": utcnow(),
+            "at": at,
             "kind": kind,
             "outcome": outcome,
             "reason": reason,
@@ -109,6 +228,7 @@ def log_scan(
             "area_id": area_id,
         },
     )
+    return at
 
 
 def count_scan(
@@ -128,7 +248,7 @@ def count_scan(
     to the same area's dashboard figures, in the same transaction.
     """
     bag = parent if bag is None else bag
-    log_scan(
+    at = log_scan(
         session,
         user=user,
         kind=kind,
@@ -139,7 +259,7 @@ def count_scan(
         area_id=parent.area_id,
         reason=reason,
     )
-    add_to_tally(session, parent.area_id, scans_ok=1, **tally)
+    add_to_tally(session, parent.area_id, user_id=user.id if user is not None else None, at=at, scans_ok=1, **tally)
 
 
 def _retryable(exc: DBAPIError) -> bool:
@@ -190,7 +310,7 @@ def in_transaction(
 
 def _log_refusal(session, refusal: Refusal, *, user: User | None, scan_kind: str) -> None:
     area_id = refusal.area_id or getattr(user, "area_id", None)
-    log_scan(
+    at = log_scan(
         session,
         user=user,
         kind=scan_kind,
@@ -201,5 +321,12 @@ def _log_refusal(session, refusal: Refusal, *, user: User | None, scan_kind: str
         reason=refusal.code,
         outcome="rejected",
     )
-    add_to_tally(session, area_id or 0, scans_rejected=1)
+    add_to_tally(
+        session,
+        area_id or 0,
+        user_id=user.id if user is not None else None,
+        reason=refusal.code,
+        at=at,
+        scans_rejected=1,
+    )
     session.commit()

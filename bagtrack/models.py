@@ -169,6 +169,8 @@ class Bill(db.Model):
             text("to_tsvector('simple', destination)"),
             postgresql_using="gin",
         ).ddl_if(dialect="postgresql"),
+        # The daily dispatch summary: the bills closed in one day.
+        Index("ix_bill_closed_at", "closed_at"),
     )
 
 
@@ -330,6 +332,27 @@ TALLY_FIELDS = (
     "scans_ok",
     "scans_rejected",
 )
+
+
+class TallyHour(db.Model):
+    """Scans per local hour, area, user and refusal reason, kept with :class:`Tally`.
+
+    ``hour`` is the UTC moment the local hour began, so a local day is a
+    range of hours whatever the zone. ``user_id`` 0 counts scans of no user
+    (imports, the seed) and ``reason`` '' counts accepted scans, any other
+    value refusals for that reason. A user scans one thing after another, so
+    the row a scan adds to is hardly ever waited on and needs no shards.
+    ``parents_complete`` is what the accepted scans of that row changed.
+    """
+
+    __tablename__ = "tally_hour"
+
+    hour: Mapped[datetime] = mapped_column(DateTime, primary_key=True)
+    area_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scans: Mapped[int] = mapped_column(BigInteger, default=0)
+    parents_complete: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class AuditEntry(db.Model):

@@ -10,7 +10,9 @@ there (see :func:`bagtrack.invariants.find_violations`).
 
 The dashboard sums the tally of every day; to keep that sum small over the
 years, the tally rows of the days before yesterday are folded into one row
-per area and shard, dated ``FOLD_DAY``. The sums do not change.
+per area and shard, dated ``FOLD_DAY``. The sums do not change. The
+per-hour tally loses the deleted rows' scans too, hour by hour, so the
+reports of a pruned day count the rows the log still holds.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Date, and_, bindparam, delete, exists, func, not_, select, text
 from sqlalchemy.orm import aliased
 
-from . import cache
+from . import cache, timeline
 from .audit import record
 from .errors import Refusal
+from .ledger import add_hours
 from .models import TALLY_FIELDS, Bag, Scan, User, utcnow
 from .timeline import first_id_from
 
@@ -110,8 +113,9 @@ def prune(session, *, older_than_days: int, dry_run: bool = False, user: User | 
         if dry_run:
             deleted = session.scalar(select(func.count()).select_from(scan).where(*batch, not_(_still_needed())))
         else:
+            deleting = delete(scan).where(*batch, not_(_still_needed()))
             rows = session.execute(
-                delete(scan).where(*batch, not_(_still_needed())).returning(scan.c.area_id, scan.c.at, scan.c.outcome)
+                deleting.returning(scan.c.area_id, scan.c.at, scan.c.outcome, scan.c.user_id, scan.c.reason)
             ).all()
             deleted = len(rows)
             changed_areas |= _subtract(session, rows)
@@ -119,7 +123,7 @@ def prune(session, *, older_than_days: int, dry_run: bool = False, user: User | 
         report.deleted += deleted
         report.kept += old - deleted
         after = last
-    days = {"before": (utcnow() - timedelta(days=1)).date(), "fold_day": FOLD_DAY}
+    days = {"before": timeline.today() - timedelta(days=1), "fold_day": FOLD_DAY}
     report.folded = session.scalar(_with_days(FOLDED_ROWS), days)
     if not dry_run:
         session.execute(_with_days(FOLD_TALLY), days)
@@ -134,10 +138,13 @@ def prune(session, *, older_than_days: int, dry_run: bool = False, user: User | 
 
 
 def _subtract(session, rows) -> set[int]:
-    """Take deleted scan rows off the tally of their area and day; returns the areas changed."""
+    """Take deleted scan rows off the tally of their area and local day and hour; returns the areas changed."""
     counts: Counter = Counter()
-    for area_id, at, outcome in rows:
-        counts[(area_id or 0, at.date(), outcome)] += 1
+    hours: dict[tuple, list[int]] = {}
+    for area_id, at, outcome, user_id, reason in rows:
+        counts[(area_id or 0, timeline.local_day(at), outcome)] += 1
+        key = (timeline.hour_start(at), area_id or 0, user_id or 0, reason if outcome == "rejected" else "")
+        hours.setdefault(key, [0, 0])[0] -= 1
     for area_id, day in {(area_id, day) for area_id, day, _ in counts}:
         session.execute(
             _with_days(SUBTRACT_SCANS),
@@ -148,4 +155,5 @@ def _subtract(session, rows) -> set[int]:
                 "scans_rejected": -counts[(area_id, day, "rejected")],
             },
         )
+    add_hours(session.connection(), hours)
     return {area_id for area_id, _, _ in counts}

@@ -28,10 +28,10 @@ from flask import current_app
 from sqlalchemy import insert, select, text
 from sqlalchemy.schema import AddConstraint, DropConstraint
 
-from . import accounts, cache
+from . import accounts, cache, ledger, timeline
 from .errors import Refusal
 from .extensions import db
-from .models import Bag, Bill, DispatchArea, Scan, User, utcnow
+from .models import TALLY_FIELDS, Bag, Bill, DispatchArea, Scan, User, utcnow
 
 T = TypeVar("T")
 
@@ -643,49 +643,45 @@ class SqliteWriter:
             connection.execute(text("ANALYZE"))
 
 
+# The new rows' tally figures per area and UTC quarter hour; Python turns quarters into local days and hours.
 TALLY_FROM_NEW_ROWS = """
-INSERT INTO tally (area_id, day, shard, parents, children, parents_complete, parents_billed,
-                   bills_open, bills_closed, scans_ok, scans_rejected)
-SELECT area_id, day, 0, sum(parents), sum(children), sum(parents_complete), sum(parents_billed),
+SELECT area_id, quarter, sum(parents), sum(children), sum(parents_complete), sum(parents_billed),
        sum(bills_open), sum(bills_closed), sum(scans_ok), sum(scans_rejected)
 FROM (
-    SELECT area_id, date(created_at) AS day,
+    SELECT area_id, {bag_quarter} AS quarter,
            sum(CASE WHEN kind = 'parent' THEN 1 ELSE 0 END) AS parents,
            sum(CASE WHEN kind = 'child' THEN 1 ELSE 0 END) AS children,
            sum(CASE WHEN kind = 'parent' AND status = 'complete' THEN 1 ELSE 0 END) AS parents_complete,
            sum(CASE WHEN kind = 'parent' AND bill_id IS NOT NULL THEN 1 ELSE 0 END) AS parents_billed,
            0 AS bills_open, 0 AS bills_closed, 0 AS scans_ok, 0 AS scans_rejected
     FROM bag WHERE id BETWEEN :first_bag AND :last_bag
-    GROUP BY area_id, date(created_at)
+    GROUP BY area_id, {bag_quarter}
     UNION ALL
-    SELECT 0, date(created_at), 0, 0, 0, 0,
+    SELECT 0, {bag_quarter}, 0, 0, 0, 0,
            sum(CASE WHEN status = 'open' THEN 1 ELSE 0 END), sum(CASE WHEN status = 'closed' THEN 1 ELSE 0 END), 0, 0
     FROM bill WHERE id BETWEEN :first_bill AND :last_bill
-    GROUP BY date(created_at)
+    GROUP BY {bag_quarter}
     UNION ALL
-    SELECT coalesce(area_id, 0), date(at), 0, 0, 0, 0, 0, 0,
+    SELECT coalesce(area_id, 0), {scan_quarter}, 0, 0, 0, 0, 0, 0,
            sum(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END), sum(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END)
     FROM scan WHERE id > :scan_floor
-    GROUP BY coalesce(area_id, 0), date(at)
+    GROUP BY coalesce(area_id, 0), {scan_quarter}
 ) AS seeded
-WHERE true
-GROUP BY area_id, day
-ON CONFLICT (area_id, day, shard) DO UPDATE SET
-    parents = tally.parents + excluded.parents,
-    children = tally.children + excluded.children,
-    parents_complete = tally.parents_complete + excluded.parents_complete,
-    parents_billed = tally.parents_billed + excluded.parents_billed,
-    bills_open = tally.bills_open + excluded.bills_open,
-    bills_closed = tally.bills_closed + excluded.bills_closed,
-    scans_ok = tally.scans_ok + excluded.scans_ok,
-    scans_rejected = tally.scans_rejected + excluded.scans_rejected
+GROUP BY area_id, quarter
 """
 
 
 def _add_to_tally(connection, first_bag: int, last_bag: int, bill_ids: list[int], scan_floor: int) -> None:
-    """Add the new rows to the dashboard tally, grouped by area and day, in one statement."""
-    connection.execute(
-        text(TALLY_FROM_NEW_ROWS),
+    """Add the new rows to the tally: per area and local day, and per local hour, user and reason.
+
+    A seeded parent counts as completed in the hour it was created, by no user.
+    """
+    dialect = connection.dialect.name
+    sql = TALLY_FROM_NEW_ROWS.format(
+        bag_quarter=timeline.quarter_sql(dialect, "created_at"), scan_quarter=timeline.quarter_sql(dialect, "at")
+    )
+    rows = connection.execute(
+        text(sql),
         {
             "first_bag": first_bag,
             "last_bag": last_bag,
@@ -694,3 +690,23 @@ def _add_to_tally(connection, first_bag: int, last_bag: int, bill_ids: list[int]
             "scan_floor": scan_floor,
         },
     )
+    days: dict[tuple, list[int]] = {}
+    new_scans = ledger.scans_by_hour(connection, "id > :floor", floor=scan_floor)
+    hours = {key: [scans, 0] for key, scans in new_scans.items()}
+    for area_id, quarter_no, *figures in rows:
+        moment = timeline.quarter_moment(quarter_no)
+        day = days.setdefault((area_id, timeline.local_day(moment)), [0] * len(TALLY_FIELDS))
+        for index, value in enumerate(figures):
+            day[index] += int(value or 0)
+        complete = int(figures[TALLY_FIELDS.index("parents_complete")] or 0)
+        if complete:
+            hours.setdefault((timeline.hour_start(moment), area_id, 0, ""), [0, 0])[1] += complete
+    if days:
+        connection.execute(
+            ledger.tally_statement(dialect, hourly=False),
+            [
+                {"area_id": area_id, "day": day, "shard": 0, **dict(zip(TALLY_FIELDS, figures, strict=True))}
+                for (area_id, day), figures in days.items()
+            ],
+        )
+    ledger.add_hours(connection, hours)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import case, func, select
 
+from . import timeline
 from .models import Tally
 
 
@@ -14,7 +15,7 @@ def dashboard_figures(session, area_id: int | None) -> dict:
 
     Bills belong to no area, so every user sees the same bill figures.
     """
-    today = datetime.now(UTC).date()
+    today = timeline.today()
 
     def total(column, *, only_today: bool = False):
         condition = Tally.area_id != 0 if area_id is None else Tally.area_id == area_id

@@ -1,4 +1,9 @@
-"""Finding the rows of a time range through their ids.
+"""Local time, and finding the rows of a time range through their ids.
+
+The database stores every moment in UTC without a zone; the warehouse lives
+in ``BAGTRACK_TIMEZONE``. "Today", a day's boundaries and the hours of the
+tally are local: :func:`today`, :func:`day_range` and :func:`hour_start` are
+the one place that turns one into the other.
 
 Bags and scan-log rows get their time (``created_at``, ``at``) a moment
 before their id is drawn, so ids follow time: the seed writes each run's
@@ -11,9 +16,73 @@ lookups whatever the table's size, without an index on the time column
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+from flask import current_app
 from sqlalchemy import func, select
+
+
+def zone() -> ZoneInfo:
+    """The warehouse's time zone (``BAGTRACK_TIMEZONE``)."""
+    return current_app.config["BAGTRACK_TIMEZONE"]
+
+
+def local(moment: datetime) -> datetime:
+    """A stored UTC moment (naive or aware) as the warehouse's local time."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(zone())
+
+
+def today() -> date:
+    """The warehouse's local date now."""
+    return datetime.now(zone()).date()
+
+
+def day_range(day: date) -> tuple[datetime, datetime]:
+    """The stored (naive UTC) moments ``[start, end)`` of local day ``day``; 23 or 25 hours on DST days."""
+    tz = zone()
+    start = datetime(day.year, day.month, day.day, tzinfo=tz)
+    following = day + timedelta(days=1)
+    end = datetime(following.year, following.month, following.day, tzinfo=tz)
+    return _stored(start), _stored(end)
+
+
+def hour_start(moment: datetime) -> datetime:
+    """The stored (naive UTC) moment at which the local hour holding ``moment`` began.
+
+    Zones half an hour off UTC (India) start their hours at :30 UTC; the
+    tally keys its hours by this moment, so a local day is always a whole
+    number of tally hours.
+    """
+    local_moment = local(moment)
+    return _stored(local_moment.replace(minute=0, second=0, microsecond=0))
+
+
+def local_day(moment: datetime) -> date:
+    """The local date of a stored moment."""
+    return local(moment).date()
+
+
+QUARTER_S = 900
+
+
+def quarter_sql(dialect: str, column: str) -> str:
+    """SQL numbering the UTC quarter hour of a stored moment: hours of every zone start on one."""
+    if dialect == "postgresql":
+        return f"floor(extract(epoch from {column}) / {QUARTER_S})::bigint"
+    return f"cast(strftime('%s', {column}) as integer) / {QUARTER_S}"
+
+
+def quarter_moment(quarter_no: int) -> datetime:
+    """The stored moment at which quarter ``quarter_no`` of :func:`quarter_sql` starts."""
+    return datetime(1970, 1, 1) + timedelta(seconds=int(quarter_no) * QUARTER_S)
+
+
+def _stored(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
 
 # Concurrent writers can store their rows a little out of time order; an id
 # range found for a moment this much earlier (or later) still holds every row

@@ -8,6 +8,7 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from . import timeline
 from .accounts import LOGIN_SESSION_KEY, SignedInUser, signed_in_user
 from .codes import QR_MAX_LENGTH, normalise
 from .errors import STATUS_BY_CODE, Refusal
@@ -121,8 +122,15 @@ def error_page(code: str, message: str, status: int, headers: dict | None = None
     return response
 
 
+def local_time(moment, pattern: str = "%Y-%m-%d %H:%M") -> str:
+    """A stored UTC moment as the warehouse's local time, for pages (``{{ x.at | local_time }}``)."""
+    return "" if moment is None else timeline.local(moment).strftime(pattern)
+
+
 def init_app(app: Flask) -> None:
     app.request_class = FormRequest
+    app.add_template_filter(local_time)
+    app.add_template_filter(lambda number: f"{number:,}", "thousands")
 
     @login_manager.user_loader
     def load_user(user_id: str) -> SignedInUser | None:

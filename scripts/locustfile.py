@@ -51,10 +51,14 @@ FLOOR_MIX = (
     ("bag_page", 2.5),
     ("bag_api", 2.5),
     ("filtered_scans", 1),
+    ("dashboard_live", 2),
+    ("operators_report", 1),
 )
 # What a supervisor asks the scan log and the office asks the bill list.
 SCAN_FILTERS = ("outcome=rejected", "reason=duplicate", "kind=parent", "reason=parent_full", "from={today}")
 BILL_FILTERS = ("status=open", "q=BL-0", "q=hamburg", "status=closed&from={today}")
+# One biller action in this many reads the day's dispatch summary instead of loading.
+DAILY_REPORT_EVERY = 20
 BILL_CAPACITY = 20
 
 
@@ -260,6 +264,34 @@ class WarehouseUser(FastHttpUser):
             else:
                 refuse(response, body)
 
+    def dashboard_live(self) -> None:
+        """What an open dashboard fetches every few seconds: figures, charts and the latest scans."""
+        with self.client.get("/dashboard/live", name="/dashboard/live", headers=PAGE, catch_response=True) as response:
+            if response.status_code == 200 and "chart-hours" in (response.text or ""):
+                response.success()
+            else:
+                response.failure(f"{response.status_code} on /dashboard/live")
+
+    def operators_report(self) -> None:
+        with self.client.get(
+            "/api/reports/operators", name="/api/reports/operators", headers=JSON, catch_response=True
+        ) as response:
+            body = answer_json(response)
+            if response.status_code == 200 and body and "operators" in body:
+                response.success()
+            else:
+                refuse(response, body)
+
+    def daily_report(self) -> None:
+        with self.client.get(
+            "/api/reports/daily", name="/api/reports/daily", headers=JSON, catch_response=True
+        ) as response:
+            body = answer_json(response)
+            if response.status_code == 200 and body and "totals" in body:
+                response.success()
+            else:
+                refuse(response, body)
+
     def seeded_bag(self) -> str:
         bags = SHARED.plan.bags_by_area.get(self.area) or [
             b for area in SHARED.plan.bags_by_area.values() for b in area
@@ -328,6 +360,8 @@ class BillerUser(WarehouseUser):
         super().on_start()
 
     def floor_action(self) -> str:
+        if random.randrange(DAILY_REPORT_EVERY) == 0:
+            return "daily_report"
         return random.choices(("bill_loading", "filtered_bills"), (9, 1))[0]
 
     def bill_loading(self) -> None:

@@ -113,7 +113,12 @@ MATRIX = [
     post("/bills/<bill_no>/cancel", "/bills/{bill}/cancel", form={"reason": "truck did not come"}, biller=303),
     page("/bills/<bill_no>/print", "/bills/{bill}/print", dispatcher=403),
     page("/scans", "/scans"),
+    page("/dashboard/live"),
+    page("/reports/operators", "/reports/operators?format=csv"),
+    page("/reports/daily", "/reports/daily?format=xlsx", dispatcher=403),
     api("/api/stats"),
+    api("/api/reports/operators"),
+    Row("GET", "/api/reports/daily", "/api/reports/daily", 401, 403, 200, 200),
     api("/api/scans", "/api/scans?limit=5"),
     api("/api/bags/<path:qr>", "/api/bags/{parent}", other_area=404),
     page("/admin/", dispatcher=403, biller=403),
@@ -240,7 +245,7 @@ def assert_answer(row: Row, actor: str, response) -> None:
     if row.path.startswith("/api/") and expected != 200:
         body = response.get_json()
         assert body["ok"] is False and body["message"]
-        assert body["error"] == {401: "login_required", 404: "not_found"}[expected]
+        assert body["error"] == {401: "login_required", 403: "forbidden", 404: "not_found"}[expected]
     if row.rule == "/metrics":
         assert response.get_json()["error"] == "forbidden"
 
@@ -411,7 +416,7 @@ def test_the_scan_log_shows_only_the_own_area(floor_a, floor):
     assert {row["qr"] for row in rows} & hidden == set()
     north = select(DispatchArea.id).where(DispatchArea.code == "NORTH").scalar_subquery()
     assert len(rows) == db.session.query(Scan).filter(Scan.area_id == north).count()
-    for path in ("/scans", "/"):
+    for path in ("/scans", "/", "/dashboard/live"):
         assert visible_codes(floor_a.get(path).get_data(as_text=True), hidden) == set(), path
 
 

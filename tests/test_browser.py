@@ -140,7 +140,7 @@ def test_print_the_dispatch_note_to_pdf(live_server, browser, make_user, make_pa
         make_parent(qr, children=4)
     make_bill("TRUCK-9", capacity=3, vehicle_no="MH 12 AB 1234", destination="Hamburg port")
     for qr in ("SB00003", "SB00004"):
-        billing.load_parent(db.session, office, "TRUCK-9", qr)
+        billing.load_parent(db.session, office, "TRUCK-9", qr, confirmed=True)
     billing.close_bill(db.session, office, "TRUCK-9")
     db.session.commit()
     page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -173,3 +173,55 @@ def test_print_the_dispatch_note_to_pdf(live_server, browser, make_user, make_pa
     (tmp_path / "dispatch-note.pdf").write_bytes(pdf)
     assert [url for url in missing if not url.endswith("/favicon.ico")] == []
     assert [error for error in errors if "404" not in error] == []
+
+
+def busy_floor(make_user, make_parent, make_bill):
+    """Enough of a shift for every chart to draw something: scans, a completed parent, refusals, an open bill."""
+    from bagtrack import billing, scanning
+    from bagtrack.errors import Refusal
+    from bagtrack.extensions import db
+
+    worker = make_user("floor1", role="dispatcher", area="NORTH")
+    office = make_user("office", role="biller", area=None)
+    make_parent("SB00001", children=30, user=worker)
+    make_parent("SB00002", children=4, user=worker)
+    for qr in ("SB00003", "BAD!"):
+        with pytest.raises(Refusal):
+            scanning.scan_child(db.session, worker, "SB00002", qr)
+    make_bill("B-1", capacity=3)
+    billing.load_parent(db.session, office, "B-1", "SB00001")
+    return worker
+
+
+@pytest.mark.parametrize(("width", "height"), [(360, 740), (1366, 900)])
+def test_dashboard_charts_render_and_refresh_by_themselves(
+    live_server, browser, app, make_user, make_parent, make_bill, width, height, tmp_path
+):
+    from bagtrack import scanning
+    from bagtrack.extensions import db
+
+    app.config["BAGTRACK_DASHBOARD_REFRESH_S"] = 1.0
+    worker = busy_floor(make_user, make_parent, make_bill)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors = []  # JavaScript exceptions, CSP violations and failed loads (but the browser's own favicon guess)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("response", lambda answer: errors.append(answer.url) if answer.status >= 400 else None)
+    page.on("requestfailed", lambda request: errors.append(request.url))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    log_in(page, live_server, "office")
+
+    for chart in ("#chart-hours svg rect.bar-accepted", "#chart-completed svg rect", "#bills-in-progress progress"):
+        expect(page.locator(chart).first).to_be_attached()
+    expect(page.locator("#refusals-by-reason")).to_contain_text("wrong_kind")
+    expect(page.locator("#updated")).to_be_visible()
+    box = page.locator("#chart-hours svg").bounding_box()
+    assert 0 < box["width"] <= width
+    before = page.inner_text("#fig-scans-today")
+
+    scanning.scan_child(db.session, worker, "SB00002", "NEWKID01")
+
+    # Nobody touches the page: it fetches the figures again by itself.
+    expect(page.locator("#fig-scans-today")).not_to_have_text(before, timeout=10_000)
+    expect(page.locator("table.scan-log")).to_contain_text("NEWKID01")
+    page.screenshot(path=str(tmp_path / f"dashboard-{width}.png"), full_page=True)
+    assert [error for error in errors if "favicon" not in error and "Failed to load resource" not in error] == []

@@ -76,10 +76,14 @@ def test_missing_scan_row_is_reported(floor):
 
     assert violations[0] == f"Child {child} is in parent SB00002, but its latest accepted scan is not into it."
     # The deleted row was an accepted scan, so the dashboard now counts one too many.
-    assert violations[1:] == [
+    assert violations[1:3] == [
         "Dashboard (all areas) shows 37 accepted scans but the rows count 36.",
         "Dashboard (area NORTH) shows 36 accepted scans but the rows count 35.",
     ]
+    # So does the hour of the operator who scanned it.
+    assert len(violations) == 4
+    assert violations[3].startswith("Hourly tally of ")
+    assert violations[3].endswith(", area NORTH, user factory, accepted scans: 36 but the scan log holds 35.")
 
 
 def test_bill_counts_and_empty_closed_bill_are_reported(floor):

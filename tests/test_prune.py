@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from bagtrack import pruning, scanning, stats
+from bagtrack import pruning, scanning, stats, timeline
 from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
-from bagtrack.models import AuditEntry, Bag, Scan, Tally
+from bagtrack.models import AuditEntry, Bag, Scan, Tally, TallyHour
 
 
 def count(model, *conditions) -> int:
@@ -31,6 +31,7 @@ def old_floor(make_parent, make_user):
     long_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=40)
     db.session.execute(update(Scan).values(at=long_ago))
     db.session.execute(update(Tally).values(day=long_ago.date()))
+    db.session.execute(update(TallyHour).values(hour=timeline.hour_start(long_ago)))
     db.session.commit()
     make_parent("SB00003", user=worker, children=1)
     return parent

@@ -274,6 +274,23 @@ def test_dashboard_and_scan_log_use_indexes(explained, dispatcher, biller, floor
             expect(user.get(f"/scans?before={floor.middle_scan_id}"), 200)
 
 
+def test_dashboard_charts_and_reports_use_indexes(explained, dispatcher, biller, floor):
+    """Charts and reports read the per-hour tally and day-bounded index ranges, never the whole log."""
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    with explained():
+        for user in (dispatcher, biller):
+            expect(user.get("/dashboard/live"), 200)
+            for day in (today, today - timedelta(days=1)):
+                expect(user.get(f"/api/reports/operators?day={day}"), 200)
+                expect(user.get(f"/reports/operators?day={day}"), 200)
+        expect(biller.get(f"/api/reports/operators?area={floor.other_area}"), 200)
+        for day in (today, today - timedelta(days=1)):
+            expect(biller.get(f"/api/reports/daily?day={day}"), 200)
+            expect(biller.get(f"/reports/daily?day={day}&format=csv"), 200)
+
+
 BAG_FILTERS = [
     "",
     "kind=parent",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, make_response, render_template, request
 from flask_login import current_user, login_required
 
-from .. import queries
+from .. import floor, queries
 from ..access import area_scope, visible_figures
 from ..cache import dashboard_figures
 from ..extensions import db
+from ..models import utcnow
 from ..replica import reads, reads_from_replica
 from ..web import before_arg
 
@@ -17,14 +18,32 @@ bp = Blueprint("dashboard", __name__)
 RECENT_SCANS = 20
 
 
+def _live_figures() -> dict:
+    """What the refreshing part of the dashboard shows: figures, charts and the latest scans."""
+    scope = area_scope(current_user)
+    return {
+        "figures": visible_figures(current_user, dashboard_figures(db.session, scope)),
+        "charts": floor.floor_charts(db.session, scope, with_bills=current_user.has_role("biller")),
+        "scans": queries.scan_rows(db.session, current_user, limit=RECENT_SCANS),
+        "now": utcnow(),
+    }
+
+
 @bp.get("/")
 @login_required
 def index():
     return render_template(
-        "dashboard/index.html",
-        figures=visible_figures(current_user, dashboard_figures(db.session, area_scope(current_user))),
-        scans=queries.scan_rows(db.session, current_user, limit=RECENT_SCANS),
+        "dashboard/index.html", refresh_s=current_app.config["BAGTRACK_DASHBOARD_REFRESH_S"], **_live_figures()
     )
+
+
+@bp.get("/dashboard/live")
+@login_required
+def live():
+    """The dashboard's figures and charts alone, fetched again and again by the page's script."""
+    response = make_response(render_template("dashboard/_live.html", **_live_figures()))
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 @bp.get("/scans")

@@ -6,7 +6,7 @@ deleted bag (its code stays in ``qr``). Indexes serve the filters of the scan
 log and the bill list, and the audit history of one bill or bag.
 
 Revision ID: c5126cc6a89b
-Revises: f6b8d07b7126
+Revises: 6f1ce3d37fb4
 Create Date: 2026-12-04 11:25:22.303176
 
 """
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = 'c5126cc6a89b'
-down_revision = 'f6b8d07b7126'
+down_revision = '6f1ce3d37fb4'
 branch_labels = None
 depends_on = None
 
