@@ -5,11 +5,12 @@ and pool gauges; and the end of each request's session."""
 from __future__ import annotations
 
 import logging
+import select
 from time import perf_counter
 
 from flask import Flask, has_request_context
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import QueuePool
 
 from . import observability
@@ -24,6 +25,7 @@ def init_app(app: Flask) -> None:
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     if engine.dialect.name == "postgresql":
+        _discard_closed_connections(engine)
         _configure_postgresql(
             engine,
             app.config["BAGTRACK_DB_STATEMENT_TIMEOUT_MS"],
@@ -55,6 +57,23 @@ def _end_sessions_quietly(app: Flask) -> None:
             db.session.rollback()
         except DBAPIError as error:
             log.warning("rollback at the end of the request failed: %s", observability.describe_database_error(error))
+
+
+def _discard_closed_connections(engine) -> None:
+    """Hand out no pooled connection the server has closed, without a round trip to find out.
+
+    An idle connection has nothing to read; when PostgreSQL ends it (a
+    restart, ``pg_terminate_backend``, an idle timeout) it sends its last
+    words and closes the socket, which then polls readable. Such a connection
+    is replaced at checkout. One that dies without a word is found on first
+    use, and ``ledger.in_transaction`` retries the write.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_connection, _record, _proxy):
+        readable, _, _ = select.select([dbapi_connection], [], [], 0)
+        if readable:
+            raise DisconnectionError("the server closed this pooled connection")
 
 
 def _configure_postgresql(

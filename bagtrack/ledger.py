@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -55,27 +55,58 @@ def insert_ignoring_duplicates(session, model, values: dict, key: str):
     return session.connection().execute(statement, values).scalar_one_or_none()
 
 
-def add_to_tally(session, area_id: int, **deltas: int) -> None:
-    """Add ``deltas`` to today's tally of ``area_id`` (0 for bills) in this transaction."""
+def tally_key() -> dict:
+    """The tally row a scan counts in besides its area: today's, on one shard picked at random."""
+    return {"day": datetime.now(UTC).date(), "shard": random.randrange(TALLY_SHARDS)}
+
+
+TALLY_KEY = ("day", "shard")
+
+
+def _add_on_conflict(statement):
+    table = Tally.__table__
+    return statement.on_conflict_do_update(
+        index_elements=["area_id", *TALLY_KEY],
+        set_={field: table.c[field] + statement.excluded[field] for field in TALLY_FIELDS},
+    )
+
+
+def tally_upsert_from(area_id, **deltas):
+    """The tally upsert as a piece of a larger PostgreSQL statement.
+
+    ``area_id`` and ``deltas`` are SQL expressions (columns of the statement's
+    other parts, say); the rest of the key is bound by name, with the values
+    of :func:`tally_key`. The caller must also :func:`note_changed_tally`.
+    """
     unknown = set(deltas) - set(TALLY_FIELDS)
     if unknown:
         raise ValueError(f"not tally fields: {sorted(unknown)}")
+    columns = {
+        "area_id": area_id,
+        **{name: bindparam(name) for name in TALLY_KEY},
+        **{field: deltas.get(field, literal(0)) for field in TALLY_FIELDS},
+    }
+    source = select(*(expression.label(name) for name, expression in columns.items()))
+    return _add_on_conflict(postgresql.insert(Tally.__table__).from_select(list(columns), source))
+
+
+def note_changed_tally(session, area_id: int) -> None:
     session.info.setdefault(CHANGED_TALLIES, set()).add(area_id)
+
+
+def add_to_tally(session, area_id: int, **deltas: int) -> None:
+    """Add ``deltas`` to the current tally row of ``area_id`` (0 for bills) in this transaction."""
+    unknown = set(deltas) - set(TALLY_FIELDS)
+    if unknown:
+        raise ValueError(f"not tally fields: {sorted(unknown)}")
+    note_changed_tally(session, area_id)
     dialect = _dialect(session)
     statement = _statements.get((dialect, Tally))
     if statement is None:
-        table = Tally.__table__
-        statement = _insert(dialect, table)
-        statement = statement.on_conflict_do_update(
-            index_elements=["area_id", "day", "shard"],
-            set_={field: table.c[field] + statement.excluded[field] for field in TALLY_FIELDS},
-        )
+        statement = _add_on_conflict(_insert(dialect, Tally.__table__))
         _statements[(dialect, Tally)] = statement
     row = {field: deltas.get(field, 0) for field in TALLY_FIELDS}
-    session.connection().execute(
-        statement,
-        {"area_id": area_id, "day": datetime.now(UTC).date(), "shard": random.randrange(TALLY_SHARDS), **row},
-    )
+    session.connection().execute(statement, {"area_id": area_id, **tally_key(), **row})
 
 
 _SCAN_INSERT = insert(Scan.__table__)
@@ -142,8 +173,17 @@ def count_scan(
     add_to_tally(session, parent.area_id, scans_ok=1, **tally)
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    return getattr(exc.orig, "pgcode", None) in RETRYABLE_PGCODES
+def _retryable(exc: DBAPIError, *, committing: bool) -> bool:
+    """Deadlocks, serialization failures, and a connection found dead before COMMIT was sent.
+
+    Connections are not pinged when the pool hands them out: one that died
+    while pooled (a database restart, a terminated backend) fails on its first
+    statement, and whatever the attempt did died with it. A connection lost
+    during COMMIT is not retried: the commit may have happened.
+    """
+    if getattr(exc.orig, "pgcode", None) in RETRYABLE_PGCODES:
+        return True
+    return exc.connection_invalidated and not committing
 
 
 def in_transaction(
@@ -158,13 +198,16 @@ def in_transaction(
     A :class:`Refusal` rolls everything back; when ``scan_kind`` is given the
     refusal is then written to the scan log in a transaction of its own, so
     supervisors see error rates, and re-raised (also when that write fails:
-    the refusal is still the answer). Deadlocks and serialization
-    failures are retried: nothing of the failed attempt was committed.
+    the refusal is still the answer). Deadlocks, serialization failures and
+    connections lost before the commit are retried: nothing of the failed
+    attempt was committed.
     """
     for attempt in range(ATTEMPTS):
         session.info.pop(CHANGED_TALLIES, None)
+        committing = False
         try:
             result = work()
+            committing = True
             session.commit()
             cache.announce(scan_kind, session.info.pop(CHANGED_TALLIES, ()))
             return result
@@ -182,7 +225,7 @@ def in_transaction(
             raise
         except DBAPIError as exc:
             session.rollback()
-            if attempt + 1 < ATTEMPTS and _retryable(exc):
+            if attempt + 1 < ATTEMPTS and _retryable(exc, committing=committing):
                 continue
             raise
     raise AssertionError("unreachable")
