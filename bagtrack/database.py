@@ -32,8 +32,7 @@ def init_app(app: Flask) -> None:
             app.config["BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS"],
             per_transaction=app.config["BAGTRACK_DB_PGBOUNCER"],
         )
-    if app.config["BAGTRACK_SLOW_QUERY_MS"]:
-        _log_slow_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
+    _time_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
     _publish_pool_usage(engine)
     _end_sessions_quietly(app)
 
@@ -146,8 +145,8 @@ def _configure_sqlite(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _log_slow_queries(engine, threshold_ms: float) -> None:
-    """Warn about every statement slower than ``threshold_ms``."""
+def _time_queries(engine, threshold_ms: float) -> None:
+    """Add each statement's time to its request's phases, and warn about every one slower than ``threshold_ms``."""
 
     @event.listens_for(engine, "before_cursor_execute")
     def before(connection, _cursor, _statement, _parameters, _context, _executemany):
@@ -157,7 +156,8 @@ def _log_slow_queries(engine, threshold_ms: float) -> None:
     @event.listens_for(engine, "after_cursor_execute")
     def after(connection, _cursor, statement, _parameters, _context, _executemany):
         duration_ms = (perf_counter() - connection.info["query_started"]) * 1000
-        if duration_ms >= threshold_ms:
+        observability.count_query(duration_ms)
+        if threshold_ms and duration_ms >= threshold_ms:
             observability.log_slow_query(statement, duration_ms)
 
 

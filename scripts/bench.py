@@ -231,6 +231,8 @@ def app_environment(args: argparse.Namespace, secret_key: str) -> dict[str, str]
         "REDIS_URL": args.redis_url,
         "SECRET_KEY": secret_key,
         "BAGTRACK_PARENT_QR": PARENT_QR,
+        # Every request slower than the floor's target is logged with where its time went.
+        "BAGTRACK_SLOW_REQUEST_MS": str(FLOOR_P99_MS),
         **GENEROUS_LIMITS,
     }
     env.pop("FLASK_APP", None)
@@ -859,12 +861,38 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
                 switch_mode(phase)
             phases[phase] = measure(phase, durations[phase], server, recorder, args.users)
         notes = dict(locustfile.SHARED.notes)
+        notes.update(slow_requests(server.log_path))
         if environment.runner.exceptions:
             notes["exceptions in virtual users"] = len(environment.runner.exceptions)
         environment.runner.quit()
     finally:
         server.stop()
     return phases, {"notes": notes}
+
+
+def slow_requests(log_path: Path) -> dict:
+    """How many requests took longer than the floor target (warm-up included), and where their time went."""
+    count, phases = 0, {"query_ms": 0.0, "gc_ms": 0.0, "rest_ms": 0.0}
+    collections = 0
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if '"slow request ' not in line or '"phases"' not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            entry = json.loads(line)
+            if entry.get("endpoint") == "auth.login":
+                continue  # logging in hashes a password: slow by design
+            count += 1
+            collections += entry["phases"]["gc_collections"]
+            for name in phases:
+                phases[name] += entry["phases"][name]
+    total = sum(phases.values()) or 1.0
+    return {
+        f"requests over {FLOOR_P99_MS:g} ms (all phases, logins left out)": count,
+        "their time in statements / garbage collection / the rest": " / ".join(
+            f"{100 * phases[name] / total:.0f} %" for name in phases
+        ),
+        "garbage collections during them": collections,
+    }
 
 
 def run_baseline(args, env, durations, recorder) -> dict:
