@@ -2,7 +2,7 @@
 
 Each counted request starts as a request does in production: a new database
 session and, at worst, the signed-in user to load again (the few-second user
-snapshot has expired). SQLite's ``BEGIN IMMEDIATE`` is left out of the counts;
+snapshot has expired) and the dashboard figures to recompute. SQLite's ``BEGIN IMMEDIATE`` is left out of the counts;
 PostgreSQL's per-connection timeouts go through the driver directly and never
 show here. A new child is one statement on PostgreSQL and four on SQLite.
 """
@@ -17,6 +17,7 @@ from sqlalchemy import event
 
 from bagtrack import billing
 from bagtrack.accounts import forget_signed_in
+from bagtrack.extensions import cache as figures_cache
 from bagtrack.extensions import db
 
 
@@ -35,6 +36,9 @@ def counted(app):
 
         db.session.remove()
         forget_signed_in()
+        # Figures cached by an earlier request (floor scans leave them cached) would make this one cheaper.
+        figures_cache.clear()
+        app.extensions.get("bagtrack.cache", {}).get("seen", {}).clear()
         event.listen(engine, "before_cursor_execute", record)
         try:
             yield sent
