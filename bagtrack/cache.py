@@ -1,12 +1,17 @@
 """The dashboard figures, served from the cache and invalidated by the events that change them.
 
 Figures are cached per area scope (one entry per dispatch area, one for all
-areas). An entry is fresh for ``BAGTRACK_STATS_TTL_S`` seconds and only while
-nothing it sums has changed since: every domain write announces, after its
-commit, which tallies it changed (``on_child_scanned`` and friends), and that
-stamps a new random token on the area's and on the bills' figures. An entry
-remembers the tokens it was computed under, so a write that commits during a
-recomputation still makes the result stale.
+areas). An entry is fresh for ``BAGTRACK_STATS_TTL_S`` seconds (5 by default)
+and only while nothing it sums has changed since: the office's writes
+(bills, loading, closing a parent short, imports) announce, after their
+commit, which tallies they changed (``on_parent_loaded`` and friends), and
+that stamps a new random token on the area's and on the bills' figures. An
+entry remembers the tokens it was computed under, so a write that commits
+during a recomputation still makes the result stale.
+
+Scans on the floor (parents, children, undo) arrive many times a second and
+announce nothing to Redis: the figures they change are at most one TTL old,
+which is what the dashboard promises, and a scan costs no Redis write.
 
 Each worker also keeps the figures it last saw for
 ``BAGTRACK_STATS_LOCAL_S`` seconds (1 s by default), so a dashboard polled by
@@ -86,14 +91,13 @@ def _remember(scope: str, figures: dict) -> dict:
     return figures
 
 
-def on_parent_scanned(area_id: int) -> None:
-    """A parent was started or resumed in ``area_id``: its parent and scan counts changed."""
-    _area_changed(area_id)
+def on_scanned_on_the_floor(area_id: int) -> None:
+    """A parent was started or resumed, or a child went into or out of one, in ``area_id``.
 
-
-def on_child_scanned(area_id: int) -> None:
-    """A child went into, or was undone from, a parent of ``area_id``."""
-    _area_changed(area_id)
+    Only this worker's remembered figures are dropped; the shared entry
+    expires within its TTL.
+    """
+    _forget_seen([str(area_id), "all"])
 
 
 def on_parent_closed(area_id: int) -> None:
@@ -112,9 +116,9 @@ def on_bill_changed() -> None:
 
 
 EVENTS_BY_SCAN_KIND = {
-    "parent": on_parent_scanned,
-    "child": on_child_scanned,
-    "undo": on_child_scanned,
+    "parent": on_scanned_on_the_floor,
+    "child": on_scanned_on_the_floor,
+    "undo": on_scanned_on_the_floor,
     "close": on_parent_closed,
     "load": on_parent_loaded,
     "unload": on_parent_loaded,

@@ -301,7 +301,10 @@ def engine_options(environ: Mapping[str, str], database_url: str) -> dict:
         "max_overflow": env_int(environ, "BAGTRACK_DB_MAX_OVERFLOW", 2, minimum=0),
         "pool_timeout": env_float(environ, "BAGTRACK_DB_POOL_TIMEOUT_S", 5.0),
         "pool_recycle": env_int(environ, "BAGTRACK_DB_POOL_RECYCLE_S", 1800, minimum=-1),
-        "pool_pre_ping": True,
+        # No ping per checkout (a round trip per request): a connection that died in the pool
+        # fails on first use, SQLAlchemy then replaces every connection as old as it, and
+        # ledger.in_transaction retries the write.
+        "pool_pre_ping": False,
         "connect_args": {
             "connect_timeout": env_int(environ, "BAGTRACK_DB_CONNECT_TIMEOUT_S", 3, minimum=1),
             "application_name": "bagtrack",

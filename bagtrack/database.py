@@ -5,11 +5,12 @@ and pool gauges; and the end of each request's session."""
 from __future__ import annotations
 
 import logging
+import select
 from time import perf_counter
 
 from flask import Flask, has_request_context
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import QueuePool
 
 from . import observability
@@ -31,14 +32,14 @@ def configure_engine(app: Flask, engine) -> None:
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     if engine.dialect.name == "postgresql":
+        _discard_closed_connections(engine)
         _configure_postgresql(
             engine,
             app.config["BAGTRACK_DB_STATEMENT_TIMEOUT_MS"],
             app.config["BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS"],
             per_transaction=app.config["BAGTRACK_DB_PGBOUNCER"],
         )
-    if app.config["BAGTRACK_SLOW_QUERY_MS"]:
-        _log_slow_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
+    _time_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
 
 
 def _end_sessions_quietly(app: Flask) -> None:
@@ -60,6 +61,23 @@ def _end_sessions_quietly(app: Flask) -> None:
             db.session.rollback()
         except DBAPIError as error:
             log.warning("rollback at the end of the request failed: %s", observability.describe_database_error(error))
+
+
+def _discard_closed_connections(engine) -> None:
+    """Hand out no pooled connection the server has closed, without a round trip to find out.
+
+    An idle connection has nothing to read; when PostgreSQL ends it (a
+    restart, ``pg_terminate_backend``, an idle timeout) it sends its last
+    words and closes the socket, which then polls readable. Such a connection
+    is replaced at checkout. One that dies without a word is found on first
+    use, and ``ledger.in_transaction`` retries the write.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_connection, _record, _proxy):
+        readable, _, _ = select.select([dbapi_connection], [], [], 0)
+        if readable:
+            raise DisconnectionError("the server closed this pooled connection")
 
 
 def _configure_postgresql(
@@ -132,8 +150,8 @@ def _configure_sqlite(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _log_slow_queries(engine, threshold_ms: float) -> None:
-    """Warn about every statement slower than ``threshold_ms``."""
+def _time_queries(engine, threshold_ms: float) -> None:
+    """Add each statement's time to its request's phases, and warn about every one slower than ``threshold_ms``."""
 
     @event.listens_for(engine, "before_cursor_execute")
     def before(connection, _cursor, _statement, _parameters, _context, _executemany):
@@ -143,7 +161,8 @@ def _log_slow_queries(engine, threshold_ms: float) -> None:
     @event.listens_for(engine, "after_cursor_execute")
     def after(connection, _cursor, statement, _parameters, _context, _executemany):
         duration_ms = (perf_counter() - connection.info["query_started"]) * 1000
-        if duration_ms >= threshold_ms:
+        observability.count_query(duration_ms)
+        if threshold_ms and duration_ms >= threshold_ms:
             observability.log_slow_query(statement, duration_ms)
 
 

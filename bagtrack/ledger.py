@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import bindparam, insert, text
+from sqlalchemy import bindparam, insert, literal, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -109,6 +109,71 @@ def hour_statement(dialect: str):
     )
 
 
+def tally_key(at: datetime) -> dict:
+    """The tally rows a scan at ``at`` counts in besides its area and user.
+
+    The local day's row on one shard picked at random, and the local hour's row.
+    """
+    return {"day": timeline.local_day(at), "shard": random.randrange(TALLY_SHARDS), "hour": timeline.hour_start(at)}
+
+
+TALLY_KEY = ("day", "shard")
+
+
+def tally_upsert_from(area_id, **deltas):
+    """The day's tally upsert as a piece of a larger PostgreSQL statement.
+
+    ``area_id`` and ``deltas`` are SQL expressions (columns of the statement's
+    other parts, say); the rest of the key is bound by name, with the values
+    of :func:`tally_key`. The caller must also :func:`note_changed_tally`.
+    """
+    unknown = set(deltas) - set(TALLY_FIELDS)
+    if unknown:
+        raise ValueError(f"not tally fields: {sorted(unknown)}")
+    table = Tally.__table__
+    columns = {
+        "area_id": area_id,
+        **{name: bindparam(name) for name in TALLY_KEY},
+        **{field: deltas.get(field, literal(0)) for field in TALLY_FIELDS},
+    }
+    source = select(*(expression.label(name) for name, expression in columns.items()))
+    statement = postgresql.insert(table).from_select(list(columns), source)
+    return statement.on_conflict_do_update(
+        index_elements=["area_id", *TALLY_KEY],
+        set_={field: table.c[field] + statement.excluded[field] for field in TALLY_FIELDS},
+    )
+
+
+def hour_upsert_from(area_id, *, scans, parents_complete):
+    """The hour's tally upsert of an accepted scan as a piece of a larger PostgreSQL statement.
+
+    Bound by name: ``hour`` (from :func:`tally_key`) and ``user_id``.
+    """
+    table = TallyHour.__table__
+    columns = {
+        "hour": bindparam("hour"),
+        "area_id": area_id,
+        "user_id": bindparam("user_id"),
+        "reason": literal(""),
+        "scans": scans,
+        "parents_complete": parents_complete,
+    }
+    source = select(*(expression.label(name) for name, expression in columns.items()))
+    statement = postgresql.insert(table).from_select(list(columns), source)
+    return statement.on_conflict_do_update(
+        index_elements=["hour", "area_id", "user_id", "reason"],
+        set_={
+            "scans": table.c.scans + statement.excluded.scans,
+            "parents_complete": table.c.parents_complete + statement.excluded.parents_complete,
+        },
+    )
+
+
+def note_changed_tally(session, area_id: int) -> None:
+    """Remember that this transaction changed ``area_id``'s figures."""
+    session.info.setdefault(CHANGED_TALLIES, set()).add(area_id)
+
+
 def add_to_tally(
     session,
     area_id: int,
@@ -129,19 +194,13 @@ def add_to_tally(
     unknown = set(deltas) - set(TALLY_FIELDS)
     if unknown:
         raise ValueError(f"not tally fields: {sorted(unknown)}")
-    session.info.setdefault(CHANGED_TALLIES, set()).add(area_id)
+    note_changed_tally(session, area_id)
     at = utcnow() if at is None else at
     hourly = any(deltas.get(field) for field in HOURLY_FIELDS)
     dialect = _dialect(session)
-    values = {
-        "area_id": area_id,
-        "day": timeline.local_day(at),
-        "shard": random.randrange(TALLY_SHARDS),
-        **{field: deltas.get(field, 0) for field in TALLY_FIELDS},
-    }
+    values = {"area_id": area_id, **tally_key(at), **{field: deltas.get(field, 0) for field in TALLY_FIELDS}}
     if hourly:
         values.update(
-            hour=timeline.hour_start(at),
             user_id=user_id or 0,
             reason=(reason or "") if deltas.get("scans_rejected") else "",
             hour_scans=deltas.get("scans_ok", 0) + deltas.get("scans_rejected", 0),
@@ -262,8 +321,17 @@ def count_scan(
     add_to_tally(session, parent.area_id, user_id=user.id if user is not None else None, at=at, scans_ok=1, **tally)
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    return getattr(exc.orig, "pgcode", None) in RETRYABLE_PGCODES
+def _retryable(exc: DBAPIError, *, committing: bool) -> bool:
+    """Deadlocks, serialization failures, and a connection found dead before COMMIT was sent.
+
+    Connections are not pinged when the pool hands them out: one that died
+    while pooled (a database restart, a terminated backend) fails on its first
+    statement, and whatever the attempt did died with it. A connection lost
+    during COMMIT is not retried: the commit may have happened.
+    """
+    if getattr(exc.orig, "pgcode", None) in RETRYABLE_PGCODES:
+        return True
+    return exc.connection_invalidated and not committing
 
 
 def in_transaction(
@@ -278,13 +346,16 @@ def in_transaction(
     A :class:`Refusal` rolls everything back; when ``scan_kind`` is given the
     refusal is then written to the scan log in a transaction of its own, so
     supervisors see error rates, and re-raised (also when that write fails:
-    the refusal is still the answer). Deadlocks and serialization
-    failures are retried: nothing of the failed attempt was committed.
+    the refusal is still the answer). Deadlocks, serialization failures and
+    connections lost before the commit are retried: nothing of the failed
+    attempt was committed.
     """
     for attempt in range(ATTEMPTS):
         session.info.pop(CHANGED_TALLIES, None)
+        committing = False
         try:
             result = work()
+            committing = True
             session.commit()
             cache.announce(scan_kind, session.info.pop(CHANGED_TALLIES, ()))
             return result
@@ -302,7 +373,7 @@ def in_transaction(
             raise
         except DBAPIError as exc:
             session.rollback()
-            if attempt + 1 < ATTEMPTS and _retryable(exc):
+            if attempt + 1 < ATTEMPTS and _retryable(exc, committing=committing):
                 continue
             raise
     raise AssertionError("unreachable")

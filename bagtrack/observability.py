@@ -13,6 +13,7 @@ bounded whatever URLs clients send.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import ipaddress
 import json
@@ -221,7 +222,7 @@ def _ms_since(started: float) -> float:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the request's id, method and path when there is one."""
 
-    EXTRA_FIELDS = ("status", "duration_ms", "user", "endpoint", "statement")
+    EXTRA_FIELDS = ("status", "duration_ms", "user", "endpoint", "statement", "phases")
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -273,8 +274,47 @@ def request_id() -> str:
     return g.request_id
 
 
+# Garbage collection in this process, for the phases of slow requests: a
+# collection stalls every greenlet of the worker, whichever request set it off.
+_collections = {"ms": 0.0, "count": 0, "started": 0.0}
+
+
+def _on_collection(phase: str, _info: dict) -> None:
+    if phase == "start":
+        _collections["started"] = perf_counter()
+    else:
+        _collections["ms"] += (perf_counter() - _collections["started"]) * 1000
+        _collections["count"] += 1
+
+
+def count_query(duration_ms: float) -> None:
+    """Add one statement's time to the request it ran in (outside requests: nothing)."""
+    if has_request_context():
+        g.query_ms = g.get("query_ms", 0.0) + duration_ms
+        g.queries = g.get("queries", 0) + 1
+
+
+def _phases(duration_ms: float) -> dict:
+    """Where a slow request's time went: statements, garbage collection, and the rest.
+
+    "rest" is the request's own CPU, Redis, and waiting for the worker's other
+    greenlets (or for a pool connection).
+    """
+    gc_ms = _collections["ms"] - g.get("gc_ms_at_start", _collections["ms"])
+    query_ms = g.get("query_ms", 0.0)
+    return {
+        "queries": g.get("queries", 0),
+        "query_ms": round(query_ms, 3),
+        "gc_ms": round(gc_ms, 3),
+        "gc_collections": _collections["count"] - g.get("gc_count_at_start", _collections["count"]),
+        "rest_ms": round(max(0.0, duration_ms - query_ms - gc_ms), 3),
+    }
+
+
 def _start_request(sender: Flask, **_extra) -> None:
     g.request_started = perf_counter()
+    g.gc_ms_at_start = _collections["ms"]
+    g.gc_count_at_start = _collections["count"]
     request_id()
 
 
@@ -303,6 +343,7 @@ def _finish_request(response):
                 "duration_ms": duration_ms,
                 "endpoint": endpoint,
                 "user": _username(),
+                "phases": _phases(duration_ms) if slow else None,
             },
         )
     return response
@@ -326,6 +367,8 @@ def log_slow_query(statement: str, duration_ms: float) -> None:
 
 def init_app(app: Flask) -> None:
     configure_logging(app.config["BAGTRACK_LOG_LEVEL"])
+    if _on_collection not in gc.callbacks:
+        gc.callbacks.append(_on_collection)
     # request_started fires before any before_request function, so even a
     # request the rate limiter refuses has its id and start time.
     request_started.connect(_start_request, app)

@@ -172,8 +172,7 @@ KIND_OF_STATUS = {"open": "parent", "complete": "parent", "packed": "child", "lo
 
 def bag_page(session, user: User, filters: BagFilters, *, limit: int, before: int | None = None):
     """One page of the bag list and the id to pass as ``before`` for the next (or None)."""
-    statement = select(Bag).order_by(Bag.id.desc()).limit(limit + 1)
-    statement = scoped(statement, user, Bag.area_id)
+    statement = scoped(select(Bag.id), user, Bag.area_id)
     if before is not None:
         statement = statement.where(Bag.id < before)
     # A status belongs to one kind: naming it lets the (kind, status, id) indexes serve a status alone.
@@ -189,8 +188,14 @@ def bag_page(session, user: User, filters: BagFilters, *, limit: int, before: in
         bill_id = session.scalar(select(Bill.id).where(Bill.bill_no == filters.bill))
         statement = statement.where(Bag.bill_id == (bill_id or -1))
     if filters.q:
-        statement = statement.where(Bag.qr.startswith(filters.q, autoescape=True))
-    bags = list(session.scalars(statement))
+        matching = Bag.qr.startswith(filters.q, autoescape=True)
+        statement = statement.where(matching)
+        if _few_matches(session, matching):
+            # Materialised, the matches are read once on the code index; only their rows are sorted.
+            found = statement.cte("found").prefix_with("MATERIALIZED", dialect="postgresql")
+            statement = select(found.c.id)
+    page = statement.order_by(statement.selected_columns.id.desc()).limit(limit + 1).subquery()
+    bags = list(session.scalars(select(Bag).join(page, Bag.id == page.c.id).order_by(Bag.id.desc())))
     next_before = bags[limit - 1].id if len(bags) > limit else None
     return bags[:limit], next_before
 
@@ -201,6 +206,22 @@ def holders_of(session, bag: Bag) -> tuple[str | None, Bill | None]:
         return None, session.get(Bill, bag.bill_id) if bag.bill_id is not None else None
     parent_qr, bill_id = session.execute(select(Bag.qr, Bag.bill_id).where(Bag.id == bag.parent_id)).one()
     return parent_qr, session.get(Bill, bill_id) if bill_id is not None else None
+
+
+# A prefix with fewer matches than this is read through the code index and sorted; one with
+# more has matches all over the table, where walking the newest ids finds a page soonest.
+FEW_MATCHES = 2_000
+
+
+def _few_matches(session, matching) -> bool:
+    """Whether fewer than ``FEW_MATCHES`` codes match (an index-only range on the code index).
+
+    The planner guesses a prefix's matches are spread over the ids and walks
+    the primary key back from the newest bag; for a prefix whose matches are
+    all old that reads most of the table.
+    """
+    counted = select(func.count()).select_from(select(Bag.qr).where(matching).limit(FEW_MATCHES).subquery())
+    return session.scalar(counted) < FEW_MATCHES
 
 
 def children_of(session, parent: Bag) -> list[str]:

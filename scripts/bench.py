@@ -1,18 +1,27 @@
 """The benchmark anyone can rerun: ``make bench`` (800,000 bags) or ``make bench SCALE=8000000``.
 
 It prepares a database of its own (``bagtrack_bench``, ``bagtrack_bench_8m``,
-...), migrates and seeds it once, starts bagtrack under the project's
-``gunicorn.conf.py`` and drives it with the virtual users of
-``scripts/locustfile.py``, in phases of fixed length:
+...), migrates and seeds it once (timing the seed, and an import of as many
+bags into a scratch database, and keeping both timings in the database for
+later runs), starts bagtrack under the project's ``gunicorn.conf.py`` behind
+a private nginx, as in production, and drives it with the virtual users of
+``scripts/locustfile.py``: each user has an account of its own, logs in
+through the form and keeps one keep-alive connection to nginx, as a
+handheld's browser does. The phases have fixed lengths:
 
 1. floor: 60 users, each acting about once a second (the real floor);
 2. mixed: the same 60 users with no pause (saturation);
 3. scan / stats: the same users doing only child scans / only ``/api/stats``;
-4. baseline: ``scripts/baseline_app.py`` under the same gunicorn settings, each
-   of its routes (no-op, one Redis GET, one write transaction) hammered alone.
+4. baseline: ``scripts/baseline_app.py`` under the same gunicorn settings and
+   behind the same nginx, each of its routes (no-op, one Redis GET, one write
+   transaction) hammered alone by the same generator.
+
+``--direct`` leaves nginx out: every user then talks to gunicorn, which closes
+the connection after each answer (``GUNICORN_KEEPALIVE=0``), so each request
+pays a TCP connect and accept.
 
 It records latency percentiles, throughput and errors per endpoint, CPU
-seconds of the server, the load generator and the databases, and worker
+seconds of the server, nginx, the load generator and the databases, and worker
 memory, checks them against the targets of PRODUCT.md, and writes
 ``bench/results/<time>-<scale>.json`` and ``.md``.
 
@@ -33,10 +42,12 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -49,7 +60,7 @@ import psutil
 import psycopg2
 import redis
 from locust.env import Environment
-from werkzeug.security import check_password_hash
+from werkzeug.security import generate_password_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
@@ -67,8 +78,9 @@ CHILDREN_PER_PARENT = 30
 # parents use SB9000000 and up.
 PARENT_QR = r"^SB\d{5,7}$"
 BENCH_PARENTS_FROM = 9_000_000
-# The limiter stays on, keyed by user as in production, but the benchmark's
-# few accounts each carry a dozen virtual scanners and every phase logs 60 in.
+# The limiter stays on, keyed by user as in production; a capacity benchmark
+# runs users with no pause, past the per-user scan limit a person never
+# reaches, and logs every user in from one address.
 GENEROUS_LIMITS = {
     "BAGTRACK_LIMIT_LOGIN_IP": "1000/minute",
     "BAGTRACK_LIMIT_LOGIN_USER": "1000/minute",
@@ -80,11 +92,15 @@ GENEROUS_LIMITS = {
 FULL = {"floor": 60, "mixed": 45, "scan": 20, "stats": 20, "baseline": 20}
 QUICK = {"floor": 15, "mixed": 15, "scan": 10, "stats": 10, "baseline": 8}
 SETTLE_S = 3
+LOGINS_PER_S = 5
 # Before the first measured phase the users run unmeasured for this long, so
 # PostgreSQL's buffers and the workers' statement caches hold what the phases read.
 WARMUP_S = 15
 BASELINE_MODES = ("noop", "redis", "write")
 SATURATION_PHASES = ("mixed", "scan", "stats")
+
+TOPOLOGY_PROXIED = "users keep one connection each to nginx, which opens one to gunicorn per request"
+TOPOLOGY_DIRECT = "users talk to gunicorn directly, which closes each connection after its answer"
 
 FLOOR_P99_MS = 25.0
 TAIL_RATIO = 4.0
@@ -145,6 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a Redis database for the benchmark alone; it is emptied (default: $BENCH_REDIS_URL or db 1)",
     )
     parser.add_argument("--reseed", action="store_true", help="drop the benchmark database and seed it again")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="no nginx: users talk to gunicorn directly, a new connection per request",
+    )
     parser.add_argument(
         "--phases",
         default="floor,mixed,scan,stats,baseline",
@@ -210,6 +231,8 @@ def app_environment(args: argparse.Namespace, secret_key: str) -> dict[str, str]
         "REDIS_URL": args.redis_url,
         "SECRET_KEY": secret_key,
         "BAGTRACK_PARENT_QR": PARENT_QR,
+        # Every request slower than the floor's target is logged with where its time went.
+        "BAGTRACK_SLOW_REQUEST_MS": str(FLOOR_P99_MS),
         **GENEROUS_LIMITS,
     }
     env.pop("FLASK_APP", None)
@@ -229,13 +252,26 @@ def flask(env: dict[str, str], *command: str, check: bool = True) -> subprocess.
     return completed
 
 
+# How long the seed and an import of as many bags took, kept in the benchmark database itself.
+FACTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS bench_fact (name text PRIMARY KEY, value double precision NOT NULL,"
+    " measured_at timestamptz NOT NULL DEFAULT now())"
+)
+# An import of more than this many bags is not timed (the target is for 800,000).
+IMPORT_BAGS_MAX = 800_000
+
+
 def prepare_data(args: argparse.Namespace, env: dict[str, str]) -> dict:
-    """Migrate, seed to ``args.bags`` unless the database holds that many already, and count."""
+    """Migrate, seed to ``args.bags`` unless the database holds that many already, and count.
+
+    Seeding also times an import of as many bags (at most ``IMPORT_BAGS_MAX``)
+    into a scratch database; both timings are stored in ``bench_fact`` and
+    reported by every later run on the same database.
+    """
     ensure_database(args.database_url, recreate=args.reseed)
     log("migrating (flask db upgrade)")
     flask(env, "db", "upgrade")
     bags = count_bags(args.database_url)
-    seed_seconds = None
     # Each run adds a few thousand bags of its own: only a database well short of the size is seeded.
     if bags < args.bags * 0.98:
         if bags:
@@ -246,9 +282,84 @@ def prepare_data(args: argparse.Namespace, env: dict[str, str]) -> dict:
         bags = seed_to(args, env)
         seed_seconds = round(time.monotonic() - started, 1)
         query(args.database_url, "ANALYZE")
+        import_bags = min(args.bags, IMPORT_BAGS_MAX)
+        import_seconds = time_import(args, env, import_bags)
+        store_facts(
+            args.database_url,
+            {
+                "seed_seconds": seed_seconds,
+                "seed_bags": bags,
+                "import_seconds": import_seconds,
+                "import_bags": import_bags,
+            },
+        )
     scans = query(args.database_url, "SELECT count(*) FROM scan")[0][0]
     log(f"database {urlsplit(args.database_url).path.lstrip('/')}: {bags:,} bags, {scans:,} scan rows")
-    return {"bags": bags, "scans": scans, "seed_seconds": seed_seconds}
+    return {"bags": bags, "scans": scans, **stored_facts(args.database_url)}
+
+
+def store_facts(url: str, facts: dict[str, float]) -> None:
+    query(url, FACTS_TABLE)
+    for name, value in facts.items():
+        query(
+            url,
+            "INSERT INTO bench_fact (name, value) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, measured_at = now()",
+            (name, value),
+        )
+
+
+def stored_facts(url: str) -> dict:
+    """The seed and import timings of this database (None where never measured), and when."""
+    query(url, FACTS_TABLE)
+    rows = query(url, "SELECT name, value, measured_at FROM bench_fact")
+    facts: dict = {"seed_seconds": None, "seed_bags": None, "import_seconds": None, "import_bags": None}
+    for name, value, measured_at in rows:
+        facts[name] = int(value) if name.endswith("_bags") else value
+        facts["timed_at"] = measured_at.isoformat(timespec="seconds")
+    return facts
+
+
+def time_import(args: argparse.Namespace, env: dict[str, str], bags: int) -> float:
+    """Seconds ``flask import bags`` takes for ``bags`` bags (parents of 30 children) into an empty database."""
+    parts = urlsplit(args.database_url)
+    url = urlunsplit(parts._replace(path=f"{parts.path}_import"))
+    ensure_database(url, recreate=True)
+    scratch = {**env, "DATABASE_URL": url, "BAGTRACK_DB_STATEMENT_TIMEOUT_MS": "0"}
+    scratch["BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS"] = "0"
+    try:
+        flask(scratch, "db", "upgrade")
+        flask(scratch, "areas", "add", "IMPORT", "--name", "Imported floor")
+        WORK_DIR.mkdir(parents=True, exist_ok=True)
+        path = WORK_DIR / "import-bags.csv"
+        with open(path, "w", encoding="utf-8") as out:
+            out.write("qr,kind,area,parent\n")
+            parents = math.ceil(bags / (CHILDREN_PER_PARENT + 1))
+            written = 0
+            for number in range(parents):
+                parent = f"SB{number:07d}"
+                out.write(f"{parent},parent,IMPORT,\n")
+                written += 1
+                for child in range(CHILDREN_PER_PARENT):
+                    if written >= bags:
+                        break
+                    out.write(f"I{number:07d}C{child:02d},child,,{parent}\n")
+                    written += 1
+        log(f"timing flask import bags ({bags:,} bags into a scratch database)")
+        started = time.monotonic()
+        flask(scratch, "import", "bags", str(path))
+        seconds = round(time.monotonic() - started, 1)
+        imported = query(url, "SELECT count(*) FROM bag")[0][0]
+        if imported != bags:
+            raise SystemExit(f"bench: the import stored {imported:,} of {bags:,} bags")
+        log(f"imported {bags:,} bags in {seconds} s")
+        path.unlink()
+        return seconds
+    finally:
+        admin = connect(url, "postgres")
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {parts.path.lstrip('/')}_import WITH (FORCE)")
+        admin.close()
 
 
 def count_bags(url: str) -> int:
@@ -283,36 +394,43 @@ def seed_to(args: argparse.Namespace, env: dict[str, str]) -> int:
     return bags
 
 
+def biller_count(users: int) -> int:
+    return max(1, round(users * 0.05))
+
+
 def prepare_accounts(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """A dispatcher per area and a biller, all with the bench password."""
+    """An account per virtual user: dispatchers spread over the areas, and a few billers.
+
+    Written straight into ``app_user`` with one password hash (creating sixty
+    through the CLI would take minutes); each is unlocked and given the bench
+    password again on every run.
+    """
     areas = [row[0] for row in query(args.database_url, "SELECT code FROM dispatch_area ORDER BY code")]
     if not areas:
         flask(env, "areas", "add", "BENCH", "--name", "Benchmark floor")
         areas = ["BENCH"]
-    dispatchers = [(f"bench-{area.lower()}", area) for area in areas]
-    billers = ["bench-biller"]
+    billers = [f"bench-biller-{number}" for number in range(biller_count(args.users))]
+    dispatchers = [
+        (f"bench-{areas[number % len(areas)].lower()}-{number}", areas[number % len(areas)])
+        for number in range(args.users - len(billers))
+    ]
+    password_hash = generate_password_hash(BENCH_PASSWORD)
     wanted = [(name, "dispatcher", area) for name, area in dispatchers] + [(name, "biller", None) for name in billers]
-    existing = {
-        username: (password_hash, locked_until)
-        for username, password_hash, locked_until in query(
-            args.database_url,
-            "SELECT username, password_hash, locked_until > now() at time zone 'utc' FROM app_user"
-            " WHERE username LIKE 'bench-%%'",
-        )
-    }
-    for username, role, area in wanted:
-        if username not in existing:
-            command = ["users", "create", username, "--role", role, "--password", BENCH_PASSWORD]
-            if area:
-                command += ["--area", area]
-            answer = flask(env, *command, check=False)
-            if answer.returncode != 0 and "exist" not in (answer.stdout + answer.stderr).lower():
-                raise SystemExit(f"bench: could not create {username}: {answer.stderr.strip()}")
-        else:
-            password_hash, locked = existing[username]
-            if locked or not check_password_hash(password_hash, BENCH_PASSWORD):
-                flask(env, "users", "reset-password", username, "--password", BENCH_PASSWORD)
-    log(f"accounts: {', '.join(name for name, _ in dispatchers)}, {', '.join(billers)}")
+    connection = connect(args.database_url)
+    try:
+        with connection.cursor() as cursor:
+            for username, role, area in wanted:
+                cursor.execute(
+                    "INSERT INTO app_user (username, password_hash, role, area_id, created_at)"
+                    " VALUES (%s, %s, %s, (SELECT id FROM dispatch_area WHERE code = %s), now() at time zone 'utc')"
+                    " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash,"
+                    " role = excluded.role, area_id = excluded.area_id, active = true, failed_logins = 0,"
+                    " locked_until = NULL",
+                    (username, password_hash, role, area),
+                )
+    finally:
+        connection.close()
+    log(f"accounts: {len(dispatchers)} dispatchers over {len(areas)} areas, {len(billers)} billers")
     return dispatchers, billers
 
 
@@ -372,10 +490,12 @@ class Server:
     port: int
     log_path: Path
     database: str
+    proxy: Proxy | None = None
 
     @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """Where the users connect: the proxy in front, or gunicorn itself."""
+        return self.proxy.host if self.proxy else f"http://127.0.0.1:{self.port}"
 
     def workers(self) -> list[psutil.Process]:
         try:
@@ -384,6 +504,8 @@ class Server:
             return []
 
     def stop(self) -> None:
+        if self.proxy:
+            self.proxy.stop()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -393,7 +515,94 @@ class Server:
                 self.process.wait()
 
 
-def start_server(name: str, app_spec: str, env: dict[str, str], extra: list[str] | None = None) -> Server:
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX_CONF = """worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream app {{ server 127.0.0.1:{upstream}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        # The handhelds' connections stay open between scans; each request to
+        # gunicorn is a connection of its own (HTTP/1.0), closed after the answer.
+        keepalive_timeout 75s;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://app;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Proxy:
+    """A private nginx in front of one gunicorn, as in production (see the README's deployment notes)."""
+
+    process: subprocess.Popen
+    port: int
+    prefix: Path
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        try:
+            master = psutil.Process(self.process.pid)
+            return cpu_seconds(master) + sum(cpu_seconds(worker) for worker in master.children())
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+def start_proxy(upstream: int) -> Proxy:
+    port = free_port()
+    prefix = Path(tempfile.mkdtemp(prefix="bagtrack-bench-nginx-"))
+    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, upstream=upstream, port=port))
+    command = [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
+    process = subprocess.Popen(
+        [*command, "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    proxy = Proxy(process, port, prefix)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: nginx exited: {(prefix / 'error.log').read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            break
+        time.sleep(0.1)
+    else:
+        proxy.stop()
+        raise SystemExit("bench: nginx did not listen within 10 s")
+    log(f"nginx on port {port} in front of port {upstream}")
+    return proxy
+
+
+def start_server(
+    name: str, app_spec: str, env: dict[str, str], extra: list[str] | None = None, *, direct: bool = False
+) -> Server:
     port = free_port()
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     log_path = WORK_DIR / f"{name}-gunicorn.log"
@@ -424,6 +633,8 @@ def start_server(name: str, app_spec: str, env: dict[str, str], extra: list[str]
     # Give every worker time to boot: the first answer came from one of them.
     time.sleep(2)
     log(f"{name} up on port {port} with {len(server.workers())} workers (pid {process.pid})")
+    if not direct:
+        server.proxy = start_proxy(port)
     return server
 
 
@@ -470,6 +681,7 @@ def machine_busy() -> float:
 @dataclass
 class CpuMark:
     server: float
+    proxy: float
     load_generator: float
     postgres: dict[int, float]
     redis: dict[int, float]
@@ -479,6 +691,7 @@ class CpuMark:
     def now(cls, server: Server) -> CpuMark:
         return cls(
             server=tree_cpu(server),
+            proxy=server.proxy.cpu() if server.proxy else 0.0,
             load_generator=cpu_seconds(psutil.Process()),
             # Only the backends of the benchmark database: the server may be shared.
             postgres=named_cpu(("postgres",), f" {server.database} "),
@@ -492,6 +705,7 @@ class CpuMark:
 
         spent = {
             "server": self.server - start.server,
+            "proxy": self.proxy - start.proxy,
             "load_generator": self.load_generator - start.load_generator,
             "postgres": processes(self.postgres, start.postgres),
             "redis": processes(self.redis, start.redis),
@@ -603,7 +817,9 @@ def measure(name: str, seconds: int, server: Server, recorder: Recorder, users: 
 
 def start_users(environment: Environment, users: int, *, expect_logins: bool) -> None:
     runner = environment.create_local_runner()
-    runner.start(users, spawn_rate=users)
+    # Logging in hashes a password (tens of ms of CPU each): the users arrive a few a second,
+    # as handhelds do at a shift start, not all in one instant.
+    runner.start(users, spawn_rate=LOGINS_PER_S if expect_logins else users)
     if expect_logins:
         shared = locustfile.SHARED
         deadline = time.monotonic() + 120
@@ -628,11 +844,11 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
     wanted = [phase for phase in ("floor", "mixed", "scan", "stats") if phase in args.phases]
     if not wanted:
         return phases, {}
-    server = start_server("bagtrack", "wsgi:app", env)
+    server = start_server("bagtrack", "wsgi:app", env, direct=args.direct)
     try:
         locustfile.configure(plan)
         locustfile.SHARED.mode = wanted[0]
-        locustfile.BillerUser.fixed_count = max(1, round(args.users * 0.05))
+        locustfile.BillerUser.fixed_count = biller_count(args.users)
         environment = Environment(
             user_classes=[locustfile.ScannerUser, locustfile.BillerUser], host=server.host, catch_exceptions=True
         )
@@ -645,6 +861,7 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
                 switch_mode(phase)
             phases[phase] = measure(phase, durations[phase], server, recorder, args.users)
         notes = dict(locustfile.SHARED.notes)
+        notes.update(slow_requests(server.log_path))
         if environment.runner.exceptions:
             notes["exceptions in virtual users"] = len(environment.runner.exceptions)
         environment.runner.quit()
@@ -653,10 +870,37 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
     return phases, {"notes": notes}
 
 
+def slow_requests(log_path: Path) -> dict:
+    """How many requests took longer than the floor target (warm-up included), and where their time went."""
+    count, phases = 0, {"query_ms": 0.0, "gc_ms": 0.0, "rest_ms": 0.0}
+    collections = 0
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if '"slow request ' not in line or '"phases"' not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            entry = json.loads(line)
+            if entry.get("endpoint") == "auth.login":
+                continue  # logging in hashes a password: slow by design
+            count += 1
+            collections += entry["phases"]["gc_collections"]
+            for name in phases:
+                phases[name] += entry["phases"][name]
+    total = sum(phases.values()) or 1.0
+    return {
+        f"requests over {FLOOR_P99_MS:g} ms (all phases, logins left out)": count,
+        "their time in statements / garbage collection / the rest": " / ".join(
+            f"{100 * phases[name] / total:.0f} %" for name in phases
+        ),
+        "garbage collections during them": collections,
+    }
+
+
 def run_baseline(args, env, durations, recorder) -> dict:
     phases = {}
     baseline_app.prepare(args.database_url, args.redis_url)
-    server = start_server("baseline", "baseline_app:create_baseline_app()", env, ["--pythonpath", "scripts"])
+    server = start_server(
+        "baseline", "baseline_app:create_baseline_app()", env, ["--pythonpath", "scripts"], direct=args.direct
+    )
     try:
         locustfile.SHARED.mode = BASELINE_MODES[0]
         environment = Environment(user_classes=[locustfile.BaselineUser], host=server.host, catch_exceptions=True)
@@ -799,6 +1043,14 @@ def machine_info(args: argparse.Namespace) -> dict:
     }
 
 
+def _timing(seconds: float | None, bags: int | None) -> str:
+    return "not measured" if seconds is None else f"{seconds} s for {bags:,} bags"
+
+
+def _timed_at(at: str | None) -> str:
+    return f" (timed {at}, when this database was seeded)" if at else ""
+
+
 def markdown(report: dict) -> str:
     run, machine = report["run"], report["machine"]
     lines = [
@@ -811,6 +1063,11 @@ def markdown(report: dict) -> str:
         f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
         f"PostgreSQL {machine['postgresql']}, Redis {machine['redis']}, Python {machine['python']}, "
         f"Locust {machine['locust']}, commit {machine['commit']}.",
+        "",
+        f"Connections: {run['topology']}.",
+        "",
+        f"Seed: {_timing(run['seed_seconds'], run['seed_bags'])}; `flask import bags` into an empty database: "
+        f"{_timing(run['import_seconds'], run['import_bags'])}{_timed_at(run['seed_and_import_timed_at'])}.",
         "",
         "## Targets",
         "",
@@ -841,7 +1098,8 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"CPU seconds: server {cpu['server']} ({phase['server_cpu_ms_per_request']} ms/request), "
-            f"load generator {cpu['load_generator']}, PostgreSQL backends {cpu['postgres']}, Redis {cpu['redis']}, "
+            f"nginx {cpu['proxy']}, load generator {cpu['load_generator']}, "
+            f"PostgreSQL backends {cpu['postgres']}, Redis {cpu['redis']}, "
             f"other processes {cpu['other']}, whole machine {cpu['machine']} of "
             f"{round(phase['seconds'] * machine['cpus'], 1)}. "
             f"Worker RSS MB: max {sorted(rss['max'].values())}, start {sorted(rss['start'].values())}, "
@@ -866,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     recorder = Recorder()
     phases, server_facts = {}, {}
-    data = {"bags": 0, "scans": 0, "seed_seconds": None}
+    data = {"bags": 0, "scans": 0, "seed_seconds": None, "import_seconds": None}
     if set(args.phases) - {"baseline"}:
         data = prepare_data(args, env)
         dispatchers, billers = prepare_accounts(args, env)
@@ -894,6 +1152,11 @@ def main(argv: list[str] | None = None) -> int:
             "bags_in_database": data["bags"],
             "scan_rows": data["scans"],
             "seed_seconds": data["seed_seconds"],
+            "seed_bags": data.get("seed_bags"),
+            "import_seconds": data["import_seconds"],
+            "import_bags": data.get("import_bags"),
+            "seed_and_import_timed_at": data.get("timed_at"),
+            "topology": TOPOLOGY_DIRECT if args.direct else TOPOLOGY_PROXIED,
             "database": without_password(args.database_url),
             "users": args.users,
             "quick": args.quick,

@@ -1,7 +1,8 @@
 """Virtual warehouse users for the benchmark (``scripts/bench.py`` drives them).
 
-Scanner operators and billers log in through the real login form, keep the
-page's CSRF token, and post the same forms a handheld posts, asking for JSON.
+Scanner operators and billers, each with an account of their own, log in
+through the real login form, keep the page's CSRF token, and post the same
+forms a handheld posts, asking for JSON, over one keep-alive connection each.
 What they do depends on the phase the benchmark is in (``SHARED.mode``):
 
 - ``floor``: the real floor, each user acting about once a second;
@@ -91,6 +92,8 @@ class Shared:
     plan: Plan | None = None
     mode: str = "floor"
     user_numbers: itertools.count = field(default_factory=itertools.count)
+    # One account per user: each class takes the next of its own accounts.
+    account_numbers: Counter = field(default_factory=Counter)
     parent_numbers: itertools.count = field(default_factory=itertools.count)
     completed_parents: deque = field(default_factory=deque)
     seeded_parents: deque = field(default_factory=deque)
@@ -107,6 +110,7 @@ def configure(plan: Plan) -> None:
     SHARED.parent_numbers = itertools.count(plan.first_parent_number)
     SHARED.seeded_parents = deque(plan.loadable_parents)
     SHARED.completed_parents.clear()
+    SHARED.account_numbers.clear()
     SHARED.logged_in = 0
     SHARED.login_failures.clear()
     SHARED.notes.clear()
@@ -153,6 +157,11 @@ class WarehouseUser(FastHttpUser):
 
     def account(self) -> tuple[str, str]:
         raise NotImplementedError
+
+    def account_number(self) -> int:
+        number = SHARED.account_numbers[type(self).__name__]
+        SHARED.account_numbers[type(self).__name__] += 1
+        return number
 
     def log_in(self) -> None:
         plan = SHARED.plan
@@ -331,7 +340,7 @@ class ScannerUser(WarehouseUser):
 
     def account(self) -> tuple[str, str]:
         dispatchers = SHARED.plan.dispatchers
-        return dispatchers[self.number % len(dispatchers)]
+        return dispatchers[self.account_number() % len(dispatchers)]
 
     def floor_action(self) -> str:
         names, weights = zip(*FLOOR_MIX, strict=True)
@@ -350,7 +359,8 @@ class BillerUser(WarehouseUser):
     def account(self) -> tuple[str, str]:
         plan = SHARED.plan
         areas = sorted(plan.bags_by_area) or [plan.dispatchers[0][1]]
-        return plan.billers[self.number % len(plan.billers)], areas[self.number % len(areas)]
+        number = self.account_number()
+        return plan.billers[number % len(plan.billers)], areas[number % len(areas)]
 
     def on_start(self) -> None:
         self.bill: str | None = None

@@ -137,11 +137,13 @@ def migrated(base_config):
 
 @pytest.fixture
 def make_app(base_config, migrated):
-    """Build extra apps with config overrides; all share the test database."""
+    """Build extra apps with config overrides; all share the test database and this test's cache."""
     apps = []
+    # Cached figures may be a TTL old: one test's must never be served in the next.
+    prefix = f"bagtrack-test-{uuid.uuid4().hex[:8]}:"
 
     def build(**overrides):
-        app = create_app({**base_config, **overrides})
+        app = create_app({**base_config, "CACHE_KEY_PREFIX": prefix, **overrides})
         apps.append(app)
         return app
 

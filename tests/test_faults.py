@@ -243,7 +243,8 @@ def test_a_warm_pool_recovers_from_terminated_connections(make_app, make_user, m
         )
     with side_connection(database_url) as side:
         assert terminate_backends(side, database_name(database_url)) >= 1
-    # Every pooled connection is dead; pre-ping replaces them as requests check them out.
+    # Every pooled connection is dead: the first use finds out, the write is retried on a new connection
+    # and the pool replaces every connection as old as the dead one.
     for number in range(3, 8):
         response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": f"WARM{number:04d}"}, headers=JSON)
         assert response.status_code == 201, response.get_data(as_text=True)
@@ -253,25 +254,16 @@ def test_a_warm_pool_recovers_from_terminated_connections(make_app, make_user, m
     assert find_violations(db.session) == []
 
 
-KILL_POINTS = {
-    "before the child is linked": ("statement", lambda statement: statement.lstrip().startswith("UPDATE bag")),
-    "before the scan log row": ("statement", lambda statement: "INSERT INTO scan" in statement),
-    "before COMMIT": ("commit", lambda statement: True),
-}
-
-
 @pytest.mark.postgres
-@pytest.mark.parametrize("where", list(KILL_POINTS))
-def test_a_connection_killed_mid_scan_answers_503_and_writes_nothing(
-    make_app, make_user, make_parent, database_url, where
+def test_a_connection_killed_before_commit_answers_503_and_writes_nothing(
+    make_app, make_user, make_parent, database_url
 ):
     app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
     parent = make_parent(children=2)
     scanner = log_in(app, make_user())
     before = stored_parent(parent.qr)
     assert before[:2] == (2, 2)
-    moment, matches = KILL_POINTS[where]
-    with connection_killed_when(app, database_url, moment, matches) as killed:
+    with connection_killed_when(app, database_url, "commit") as killed:
         response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "HALFWAY01"}, headers=JSON)
     assert killed, "the fault was not injected"
     assert response.status_code == 503, response.get_data(as_text=True)
@@ -284,6 +276,38 @@ def test_a_connection_killed_mid_scan_answers_503_and_writes_nothing(
     again = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "HALFWAY01"}, headers=JSON)
     assert again.status_code == 201 and again.get_json()["duplicate"] is False
     assert stored_parent(parent.qr)[:2] == (3, 3)
+    assert find_violations(db.session) == []
+
+
+# A new child is one statement; a loose child goes the long way, statement by statement.
+KILL_POINTS = {
+    "before a new child's scan": (False, lambda statement: "INSERT INTO scan" in statement),
+    "half-way through a loose child's scan": (True, lambda sql: sql.lstrip().startswith("INSERT INTO scan")),
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("where", list(KILL_POINTS))
+def test_a_connection_killed_mid_scan_is_retried_and_stores_the_scan_once(
+    make_app, make_user, make_parent, database_url, where
+):
+    app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
+    parent = make_parent(children=2)
+    scanner = log_in(app, make_user())
+    loose, matches = KILL_POINTS[where]
+    if loose:
+        elsewhere = make_parent()
+        packed = scanner.post("/scan/child", data={"parent": elsewhere.qr, "qr": "HALFWAY01"}, headers=JSON)
+        assert packed.status_code == 201
+        assert scanner.post("/scan/undo", data={"parent": elsewhere.qr}, headers=JSON).status_code == 200
+    with connection_killed_when(app, database_url, "statement", matches) as killed:
+        response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "HALFWAY01"}, headers=JSON)
+    assert killed, "the fault was not injected"
+    assert response.status_code == (200 if loose else 201), response.get_data(as_text=True)
+    assert response.get_json()["duplicate"] is False
+    assert stored_parent(parent.qr)[:2] == (3, 3)
+    assert "HALFWAY01" in stored_parent(parent.qr)[2]
+    assert accepted_scans("HALFWAY01") == (2 if loose else 1)
     assert find_violations(db.session) == []
 
 

@@ -2,9 +2,9 @@
 
 Each counted request starts as a request does in production: a new database
 session and, at worst, the signed-in user to load again (the few-second user
-snapshot has expired). SQLite's ``BEGIN IMMEDIATE`` is left out of the counts,
-so they are the same on both databases; PostgreSQL's pool pre-ping and the
-per-connection timeouts go through the driver directly and never show here.
+snapshot has expired) and the dashboard figures to recompute. SQLite's ``BEGIN IMMEDIATE`` is left out of the counts;
+PostgreSQL's per-connection timeouts go through the driver directly and never
+show here. A new child is one statement on PostgreSQL and four on SQLite.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sqlalchemy import event
 
 from bagtrack import billing
 from bagtrack.accounts import forget_signed_in
+from bagtrack.extensions import cache as figures_cache
 from bagtrack.extensions import db
 
 
@@ -35,6 +36,9 @@ def counted(app):
 
         db.session.remove()
         forget_signed_in()
+        # Figures cached by an earlier request (floor scans leave them cached) would make this one cheaper.
+        figures_cache.clear()
+        app.extensions.get("bagtrack.cache", {}).get("seen", {}).clear()
         event.listen(engine, "before_cursor_execute", record)
         try:
             yield sent
@@ -165,9 +169,9 @@ def test_admin_users_list_costs_the_same_for_2_and_20_users(counted, make_user, 
 
 
 # The scan endpoints' budgets, statement by statement (the signed-in user's load included):
-# a new child into an open parent: the user, one UPDATE that counts the child in the parent,
-# the child's INSERT, the scan log row and the tally row.
-NEW_CHILD = 5
+# a new child into an open parent: the user, then on PostgreSQL one statement that counts the child
+# in the parent, inserts it, logs the scan and adds it to the tally; elsewhere those are four.
+NEW_CHILD = {"postgresql": 2, "sqlite": 5}
 # A double-fired child: the count is given back, parent and child are read locked, then log and tally.
 DUPLICATE_CHILD = 8
 # Refusals: the user, the checks' reads, then the refusal's log and tally rows in a transaction of their own.
@@ -195,15 +199,21 @@ def within(sent: list[str], ceiling: int) -> None:
     assert len(sent) <= ceiling, f"{len(sent)} statements, at most {ceiling} expected:\n" + "\n---\n".join(sent)
 
 
-def test_scan_endpoints_stay_within_their_statement_budgets(counted, dispatcher, make_parent):
+def new_child_budget(app) -> int:
+    with app.app_context():
+        return NEW_CHILD[db.engine.dialect.name]
+
+
+def test_scan_endpoints_stay_within_their_statement_budgets(app, counted, dispatcher, make_parent):
+    new_child = new_child_budget(app)
     parent = make_parent(area="NORTH", children=29)
     full = make_parent(area="NORTH", children=30)
 
     within(post_counted(counted, dispatcher, "/scan/parent", {"qr": "SB77777"}, 201), NEW_PARENT)
     within(post_counted(counted, dispatcher, "/scan/parent", {"qr": parent.qr}, 200), PARENT_SCAN)
-    within(post_counted(counted, dispatcher, "/scan/child", {"parent": "SB77777", "qr": "NEWKID01"}, 201), NEW_CHILD)
+    within(post_counted(counted, dispatcher, "/scan/child", {"parent": "SB77777", "qr": "NEWKID01"}, 201), new_child)
     # The child that fills the parent completes it in the same statements.
-    within(post_counted(counted, dispatcher, "/scan/child", {"parent": parent.qr, "qr": "NEWKID02"}, 201), NEW_CHILD)
+    within(post_counted(counted, dispatcher, "/scan/child", {"parent": parent.qr, "qr": "NEWKID02"}, 201), new_child)
     within(
         post_counted(counted, dispatcher, "/scan/child", {"parent": "SB77777", "qr": "NEWKID01"}, 200),
         DUPLICATE_CHILD,
@@ -216,8 +226,8 @@ def test_scan_endpoints_stay_within_their_statement_budgets(counted, dispatcher,
     within(post_counted(counted, dispatcher, "/scan/undo", {"parent": "SB77777"}, 200), UNDO)
 
 
-def test_budgets_are_the_real_cost_not_a_loose_bound(counted, dispatcher, make_parent):
+def test_budgets_are_the_real_cost_not_a_loose_bound(app, counted, dispatcher, make_parent):
     """The new-child budget is exact: a regression that adds one statement to the hot path fails."""
     parent = make_parent(area="NORTH")
     sent = post_counted(counted, dispatcher, "/scan/child", {"parent": parent.qr, "qr": "EXACT01"}, 201)
-    assert len(sent) == NEW_CHILD, "\n---\n".join(sent)
+    assert len(sent) == new_child_budget(app), "\n---\n".join(sent)
