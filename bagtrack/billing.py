@@ -381,9 +381,10 @@ def cancel_bill(session, user: User, raw_bill_no: str | None, raw_reason) -> Bil
             )
         )
         unloaded_by_area: dict[int, int] = {}
+        at = None
         for parent in parents:
             parent.bill_id = None
-            log_scan(
+            at = log_scan(
                 session,
                 user=user,
                 kind="unload",
@@ -401,7 +402,7 @@ def cancel_bill(session, user: User, raw_bill_no: str | None, raw_reason) -> Bil
         session.flush()
         # One tally row per area, in a fixed order.
         for area_id, count in sorted(unloaded_by_area.items()):
-            add_to_tally(session, area_id, scans_ok=count, parents_billed=-count)
+            add_to_tally(session, area_id, user_id=user.id, at=at, scans_ok=count, parents_billed=-count)
         add_to_tally(session, OFFICE_TALLY, bills_open=-1)
         record(
             session,

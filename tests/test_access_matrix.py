@@ -291,11 +291,20 @@ def tally_by_area(rows: dict[tuple, dict]) -> dict[int, Counter]:
     return totals
 
 
+def hours_by_who(rows: dict[tuple, dict]) -> Counter:
+    """The per-hour tally's scans summed over its hours, per area, user and reason."""
+    totals: Counter = Counter()
+    for row in rows.values():
+        totals[(row["area_id"], row["user_id"], row["reason"])] += row["scans"]
+    return +totals
+
+
 def assert_changed_nothing(before: dict, after: dict) -> None:
     """No row of any table changed, appeared or went, but for the scan log's record of a refusal.
 
     A refused scan is logged: at most one new scan-log row, ``rejected``, and the
-    tally's ``scans_rejected`` one higher in that row's area (0 when it has none).
+    tally's ``scans_rejected`` one higher in that row's area (0 when it has none),
+    and the per-hour tally's count of that user's refusals for that reason.
     Every other tally figure and every earlier scan-log row stay as they were.
     """
     scans_before, scans_after = before["scan"], after["scan"]
@@ -306,7 +315,11 @@ def assert_changed_nothing(before: dict, after: dict) -> None:
     for row in added:
         expected_tally.setdefault(row["area_id"] or 0, Counter())["scans_rejected"] += 1
     assert tally_by_area(after["tally"]) == expected_tally
-    for table in before.keys() - {"scan", "tally"}:
+    expected_hours = hours_by_who(before["tally_hour"])
+    for row in added:
+        expected_hours[(row["area_id"] or 0, row["user_id"] or 0, row["reason"])] += 1
+    assert hours_by_who(after["tally_hour"]) == expected_hours
+    for table in before.keys() - {"scan", "tally", "tally_hour"}:
         assert after[table] == before[table], f"{table} changed"
     assert after.keys() == before.keys()
 

@@ -189,7 +189,7 @@ def busy_floor(make_user, make_parent, make_bill):
         with pytest.raises(Refusal):
             scanning.scan_child(db.session, worker, "SB00002", qr)
     make_bill("B-1", capacity=3)
-    billing.load_parent(db.session, office, "B-1", "SB00001")
+    billing.load_parent(db.session, office, "B-1", "SB00001", confirmed=True)
     return worker
 
 

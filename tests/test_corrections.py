@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 
 import pytest
 from sqlalchemy import select
@@ -69,7 +70,7 @@ def test_removing_a_child_from_a_complete_parent_opens_it_and_leaves_the_child_l
 def test_removing_a_child_from_a_parent_on_an_open_bill_lowers_the_bill_totals(office, make_parent, make_bill):
     parent = make_parent("SB10001", children=2)
     make_bill("B-1")
-    billing.load_parent(db.session, office, "B-1", "SB10001")
+    billing.load_parent(db.session, office, "B-1", "SB10001", confirmed=True)
     child = queries.children_of(db.session, parent)[0]
     result = corrections.remove_child(db.session, office, "SB10001", child, "torn bag")
     assert (result.bill.parent_count, result.bill.child_count) == (1, 1)
@@ -80,7 +81,7 @@ def test_a_closed_or_cancelled_bill_freezes_its_parents(office, make_parent, mak
     parent = make_parent("SB10001", children=2)
     child = queries.children_of(db.session, parent)[0]
     make_bill("B-1")
-    billing.load_parent(db.session, office, "B-1", "SB10001")
+    billing.load_parent(db.session, office, "B-1", "SB10001", confirmed=True)
     billing.close_bill(db.session, office, "B-1")
     refused("bill_closed", corrections.remove_child, office, "SB10001", child, "late")
     assert bag(child).status == "packed"
@@ -120,7 +121,7 @@ def test_reopening_a_parent_closed_short(office, make_parent, make_bill):
     # A closed parent on a bill is frozen; so is a full one.
     scanning.close_parent(db.session, office, "SB10001")
     make_bill("B-1")
-    billing.load_parent(db.session, office, "B-1", "SB10001")
+    billing.load_parent(db.session, office, "B-1", "SB10001", confirmed=True)
     refused("parent_on_bill", corrections.reopen_parent, office, "SB10001", "why")
     make_parent("SB10002", children=30)
     assert bag("SB10002").status == "complete"
@@ -162,7 +163,7 @@ def test_editing_an_open_bill(office, make_parent, make_bill):
     make_bill("B-1", capacity=5)
     for qr in ("SB10001", "SB10002"):
         make_parent(qr, children=1)
-        billing.load_parent(db.session, office, "B-1", qr)
+        billing.load_parent(db.session, office, "B-1", qr, confirmed=True)
     change = billing.edit_bill(
         db.session, office, "b-1", {"destination": "Port gate 4", "vehicle_no": "mh 12 ab 1234", "capacity": "2"}
     )
@@ -183,7 +184,7 @@ def test_cancelling_a_bill_unloads_its_parents_and_freezes_it(office, make_paren
     make_bill("B-1", capacity=5)
     for qr, area in (("SB10001", "NORTH"), ("SB20001", "SOUTH")):
         make_parent(qr, area=area, children=2)
-        billing.load_parent(db.session, office, "B-1", qr)
+        billing.load_parent(db.session, office, "B-1", qr, confirmed=True)
     billed = stats.dashboard_figures(db.session, None)["parents"]["billed"]
     change = billing.cancel_bill(db.session, office, "B-1", "truck did not come")
     assert (change.bill.status, change.bill.parent_count, change.bill.child_count) == ("cancelled", 0, 0)
@@ -208,14 +209,14 @@ def test_cancelling_a_bill_unloads_its_parents_and_freezes_it(office, make_paren
     assert_invariants()
     # The parents can go on another bill.
     make_bill("B-2")
-    billing.load_parent(db.session, office, "B-2", "SB10001")
+    billing.load_parent(db.session, office, "B-2", "SB10001", confirmed=True)
     assert_invariants()
 
 
 def test_a_closed_bill_is_reopened_before_it_is_cancelled(office, make_parent, make_bill):
     make_parent("SB10001", children=1)
     make_bill("B-1")
-    billing.load_parent(db.session, office, "B-1", "SB10001")
+    billing.load_parent(db.session, office, "B-1", "SB10001", confirmed=True)
     billing.close_bill(db.session, office, "B-1")
     refused("bill_closed", billing.cancel_bill, office, "B-1", "wrong")
     refused("invalid_input", billing.cancel_bill, office, "B-1", " ")
@@ -230,7 +231,7 @@ def test_removals_and_scans_on_one_parent_at_once_stay_consistent(make_app, make
     operators = [make_user(f"op{number}", "dispatcher", "NORTH") for number in range(4)]
     parent = make_parent("SB00001", children=10)
     make_bill("B-1", capacity=3)
-    billing.load_parent(db.session, office, "B-1", "SB00001")
+    billing.load_parent(db.session, office, "B-1", "SB00001", confirmed=True)
     billing.remove_parent(db.session, office, "B-1", "SB00001")
     packed = queries.children_of(db.session, parent)
 
@@ -254,7 +255,7 @@ def test_removals_and_scans_on_one_parent_at_once_stay_consistent(make_app, make
                     corrections.remove_child(db.session, user, "SB00001", qr, "checking")
                 except Refusal as refusal:
                     assert refusal.code in {"child_not_in_parent", "bill_closed"}
-            for action in (billing.load_parent, billing.remove_parent):
+            for action in (partial(billing.load_parent, confirmed=True), billing.remove_parent):
                 try:
                     action(db.session, user, "B-1", "SB00001")
                 except Refusal as refusal:

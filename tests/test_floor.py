@@ -33,7 +33,7 @@ def shift(make_parent, make_user, make_bill):
         with pytest.raises(Refusal):
             scanning.scan_child(db.session, south, "SB00002", qr)
     bill = make_bill("B-7", capacity=2, destination="Pune", vehicle_no="MH12 AB 1234")
-    billing.load_parent(db.session, office, "B-7", "SB00001")
+    billing.load_parent(db.session, office, "B-7", "SB00001", confirmed=True)
     billing.close_bill(db.session, office, "B-7")
     return {"north": north, "south": south, "office": office, "bill": bill}
 

@@ -127,7 +127,7 @@ def test_every_page_fits_a_handheld_screen(live, chromium, make_user, make_paren
     from bagtrack.models import User
 
     factory = db.session.scalars(select(User).where(User.username == "factory")).one()
-    billing.load_parent(db.session, factory, "TRUCK-2026-LONG-BILL-NUMBER-0001", full.qr)
+    billing.load_parent(db.session, factory, "TRUCK-2026-LONG-BILL-NUMBER-0001", full.qr, confirmed=True)
     child = db.session.scalars(select(Bag.qr).where(Bag.parent_id == full.id)).first()
     pages = {
         "boss": [
@@ -406,7 +406,11 @@ def test_a_server_restart_mid_burst_loses_nothing(make_app, database_url, tmp_pa
             ["users", "create", "floor1", "--role", "dispatcher", "--area", "NORTH", "--password", PASSWORD],
         ):
             assert cli.invoke(args=command).exit_code == 0
-        environment = {"DATABASE_URL": scratch_url, "REDIS_URL": "", "SECRET_KEY": "handheld-test-secret"}
+        environment = {
+            "DATABASE_URL": scratch_url,
+            "REDIS_URL": "",
+            "SECRET_KEY": "handheld-test-secret-handheld-test-secret",
+        }
         server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "1")
         context = handheld(chromium)
         try:

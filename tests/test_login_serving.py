@@ -40,7 +40,7 @@ def two_workers(database_url, tmp_path):
     environment = {
         "DATABASE_URL": database_url,
         "REDIS_URL": "",
-        "SECRET_KEY": "login-serving-test-secret",
+        "SECRET_KEY": "login-serving-test-secret-login-serving",
         # Long enough that a snapshot taken before the sessions ended is still held when the new cookie arrives.
         "BAGTRACK_USER_CACHE_S": "30",
     }

@@ -26,7 +26,7 @@ def office_floor(make_user, make_parent, make_bill):
     make_parent("SB10001", children=3)
     make_parent("SB20001", area="SOUTH", children=2)
     bill = make_bill("B-7", capacity=4, vehicle_no="MH12", destination="Hamburg port")
-    billing.load_parent(db.session, office, "B-7", "SB10001")
+    billing.load_parent(db.session, office, "B-7", "SB10001", confirmed=True)
     db.session.commit()
     return bill
 

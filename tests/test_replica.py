@@ -245,7 +245,7 @@ def test_gunicorn_reports_replica_reads_in_ready_and_metrics(
     environment = {
         "DATABASE_URL": database_url,
         "DATABASE_REPLICA_URL": replica_url,
-        "SECRET_KEY": "replica-test-secret",
+        "SECRET_KEY": "replica-test-secret-replica-test-secret",
         "REDIS_URL": "",
     }
     server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
