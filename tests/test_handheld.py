@@ -409,7 +409,7 @@ def test_a_server_restart_mid_burst_loses_nothing(make_app, database_url, tmp_pa
         environment = {
             "DATABASE_URL": scratch_url,
             "REDIS_URL": "",
-            "SECRET_KEY": "handheld-test-secret-handheld-test-secret",
+            "SECRET_KEY": "handheld-test-secret-" * 2,
         }
         server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "1")
         context = handheld(chromium)
