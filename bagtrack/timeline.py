@@ -10,17 +10,18 @@ before their id is drawn, so ids follow time: the seed writes each run's
 history in id order, imports stamp the moment they run, and live writers
 differ by milliseconds at most. A time range therefore maps onto an id range
 found with a binary search over the primary key, a few dozen one-row
-lookups whatever the table's size, without an index on the time column
+lookups whatever the table's size (one statement on PostgreSQL), without an index on the time column
 (which every scan would then have to maintain).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from zoneinfo import ZoneInfo
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import TextClause, func, select, text
 
 
 def zone() -> ZoneInfo:
@@ -94,8 +95,10 @@ def first_id_from(session, id_column, time_column, moment: datetime) -> int:
     """The lowest id from which rows are at ``moment`` or later (one past the last id when none is).
 
     Gaps in the ids (pruned rows) cost nothing: each probe reads the first
-    row at or after an id.
+    row at or after an id. On PostgreSQL the whole search is one statement.
     """
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(_search_statement(id_column, time_column), {"moment": moment}).scalar_one()
     lowest, highest = session.execute(select(func.min(id_column), func.max(id_column))).one()
     if highest is None:
         return 1
@@ -110,6 +113,31 @@ def first_id_from(session, id_column, time_column, moment: datetime) -> int:
         else:
             low = row[0] + 1
     return low
+
+
+@cache
+def _search_statement(id_column, time_column) -> TextClause:
+    """The binary search of :func:`first_id_from` as a recursive query: each step probes one row."""
+    table, key, moment = id_column.table.name, id_column.name, time_column.name
+    return text(
+        f"""
+        WITH RECURSIVE search(low, high) AS (
+            SELECT min({key}), max({key}) + 1 FROM {table}
+          UNION ALL
+            SELECT CASE WHEN probe.{moment} IS NULL OR probe.{moment} >= :moment
+                        THEN search.low ELSE probe.{key} + 1 END,
+                   CASE WHEN probe.{moment} IS NULL OR probe.{moment} >= :moment
+                        THEN (search.low + search.high) / 2 ELSE search.high END
+            FROM search
+            LEFT JOIN LATERAL (
+                SELECT {key}, {moment} FROM {table}
+                WHERE {key} >= (search.low + search.high) / 2 ORDER BY {key} LIMIT 1
+            ) AS probe ON true
+            WHERE search.low < search.high
+        )
+        SELECT coalesce((SELECT low FROM search WHERE low >= high LIMIT 1), 1)
+        """
+    )
 
 
 def id_window(session, id_column, time_column, start: datetime, end: datetime) -> tuple[int, int]:
