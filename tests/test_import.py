@@ -314,7 +314,7 @@ def test_import_page_is_for_admins_and_refuses_a_bad_upload(login_as, make_user)
 def test_a_bulk_import_checks_foreign_keys_once_and_stays_consistent(runner, tmp_path, make_parent, monkeypatch):
     make_parent("SB10001", children=1)
     # Big imports set the foreign keys aside while they write; here every import counts as big.
-    monkeypatch.setattr(importing, "BULK_ROWS", 1)
+    monkeypatch.setattr(importing.bags, "BULK_ROWS", 1)
     rows = ["SB90001,parent,NORTH,\n"] + [f"C90000{number:02d},child,,SB90001\n" for number in range(30)]
     path = write(tmp_path, "bulk.csv", BAG_HEADER + "".join(rows) + "C9100001,child,,SB10001\n")
 
