@@ -16,13 +16,13 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from . import twofactor
 from .audit import record
-from .codes import normalise, without_controls
+from .codes import AREA_CODE_MAX_LENGTH, USERNAME_MAX_LENGTH, normalise, without_controls
 from .errors import Refusal
 from .ledger import in_transaction
 from .models import ROLES, AreaRef, DispatchArea, Identity, LoginSession, RecoveryCode, User, utcnow
 
-USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$", re.ASCII)
-AREA_CODE_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,19}$", re.ASCII)
+USERNAME_PATTERN = re.compile(rf"^[a-z0-9][a-z0-9._-]{{0,{USERNAME_MAX_LENGTH - 1}}}$", re.ASCII)
+AREA_CODE_PATTERN = re.compile(rf"^[A-Z0-9][A-Z0-9_-]{{0,{AREA_CODE_MAX_LENGTH - 1}}}$", re.ASCII)
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
 COMMON_PASSWORDS = Path(__file__).resolve().parent / "data" / "common-passwords.txt"
@@ -139,7 +139,7 @@ def find_area(session, code: str | None) -> DispatchArea:
     code = normalise(code)
     area = session.scalar(select(DispatchArea).where(DispatchArea.code == code))
     if area is None:
-        raise Refusal("invalid_input", f"There is no dispatch area {code[:20]!r}.")
+        raise Refusal("invalid_input", f"There is no dispatch area {code[:AREA_CODE_MAX_LENGTH]!r}.")
     return area
 
 
@@ -170,7 +170,9 @@ def add_area(session, actor: User | None, code: str, name: str = "") -> Dispatch
     def work() -> DispatchArea:
         normalised = normalise(code)
         if not AREA_CODE_PATTERN.fullmatch(normalised):
-            raise Refusal("invalid_input", "An area code is 1 to 20 characters of A-Z, 0-9, '_' and '-'.")
+            raise Refusal(
+                "invalid_input", f"An area code is 1 to {AREA_CODE_MAX_LENGTH} characters of A-Z, 0-9, '_' and '-'."
+            )
         if session.scalar(select(DispatchArea.id).where(DispatchArea.code == normalised)) is not None:
             raise Refusal("invalid_input", f"Dispatch area {normalised} already exists.")
         area = DispatchArea(code=normalised, name=without_controls(name or normalised).strip()[:100])
@@ -190,7 +192,7 @@ def create_user(
     def work() -> User:
         name = normalise_username(username)
         if not USERNAME_PATTERN.fullmatch(name):
-            raise Refusal("invalid_input", "A username is 1 to 64 of a-z, 0-9, '.', '_' and '-'.")
+            raise Refusal("invalid_input", f"A username is 1 to {USERNAME_MAX_LENGTH} of a-z, 0-9, '.', '_' and '-'.")
         _check_role(role)
         area = find_area(session, area_code) if area_code else None
         if role == "dispatcher" and area is None:
@@ -399,7 +401,7 @@ def authenticate(session, username: str | None, password: str | None, known_devi
     """
     name = normalise_username(username)
     invalid = LoginRefused("Wrong username or password.")
-    if not name or not password or len(name) > 64 or len(password) > MAX_PASSWORD_LENGTH:
+    if not name or not password or len(name) > USERNAME_MAX_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
         raise invalid
     user = session.scalar(select(User).where(User.username == name).execution_options(populate_existing=True))
     # Hashing a password takes a while on purpose: hold no transaction (and no

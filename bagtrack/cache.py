@@ -36,13 +36,13 @@ from flask import current_app
 
 from . import observability, stats
 from .extensions import cache
+from .models import OFFICE_TALLY
 
 log = logging.getLogger(__name__)
 
 # Bump when the shape of a cached entry changes: a deploy then never reads the old shape.
 CACHE_SCHEMA = 1
 NAMESPACE = f"v{CACHE_SCHEMA}:figures"
-OFFICE_TALLY = 0  # the tally of bills, which belong to no area
 # A recomputation takes milliseconds; the lock only outlives a worker that died holding it.
 LOCK_MS = 2000
 # Without any entry to serve, wait this long for the lock holder, then query directly.

@@ -30,7 +30,7 @@ from . import accounts, cache, ledger, timeline
 from .bulk import writer_for
 from .errors import Refusal
 from .extensions import db
-from .models import TALLY_FIELDS, Bill, DispatchArea, User, utcnow
+from .models import OFFICE_TALLY, TALLY_FIELDS, Bill, DispatchArea, User, utcnow
 
 T = TypeVar("T")
 
@@ -48,7 +48,6 @@ MAX_BILL_CAPACITY = 500
 DUPLICATE_RATE = 0.22  # scanners double-fire
 REJECTED_RATE = 0.10
 CHUNK_ROWS = 20_000
-OFFICE_TALLY = 0  # bills belong to no area
 DESTINATIONS = ("Hamburg", "Rotterdam", "Antwerp", "Gdansk", "Lyon", "Milan", "Vienna", "Prague")
 
 BAG_COLUMNS = (
@@ -533,15 +532,15 @@ FROM (
     FROM bag WHERE id BETWEEN :first_bag AND :last_bag
     GROUP BY area_id, {bag_quarter}
     UNION ALL
-    SELECT 0, {bag_quarter}, 0, 0, 0, 0,
+    SELECT {office}, {bag_quarter}, 0, 0, 0, 0,
            sum(CASE WHEN status = 'open' THEN 1 ELSE 0 END), sum(CASE WHEN status = 'closed' THEN 1 ELSE 0 END), 0, 0
     FROM bill WHERE id BETWEEN :first_bill AND :last_bill
     GROUP BY {bag_quarter}
     UNION ALL
-    SELECT coalesce(area_id, 0), {scan_quarter}, 0, 0, 0, 0, 0, 0,
+    SELECT coalesce(area_id, {office}), {scan_quarter}, 0, 0, 0, 0, 0, 0,
            sum(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END), sum(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END)
     FROM scan WHERE id > :scan_floor
-    GROUP BY coalesce(area_id, 0), {scan_quarter}
+    GROUP BY coalesce(area_id, {office}), {scan_quarter}
 ) AS seeded
 GROUP BY area_id, quarter
 """
@@ -554,7 +553,9 @@ def _add_to_tally(connection, first_bag: int, last_bag: int, bill_ids: list[int]
     """
     dialect = connection.dialect.name
     sql = TALLY_FROM_NEW_ROWS.format(
-        bag_quarter=timeline.quarter_sql(dialect, "created_at"), scan_quarter=timeline.quarter_sql(dialect, "at")
+        bag_quarter=timeline.quarter_sql(dialect, "created_at"),
+        scan_quarter=timeline.quarter_sql(dialect, "at"),
+        office=OFFICE_TALLY,
     )
     rows = connection.execute(
         text(sql),

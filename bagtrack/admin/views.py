@@ -15,12 +15,9 @@ from ..errors import Refusal
 from ..extensions import db
 from ..models import ROLES, User
 from ..shapes import iso
-from ..web import before_arg, json_ok, refusal_answer, wants_json
+from ..web import ONCE_HEADERS, before_arg, json_ok, refusal_answer, wants_json
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-
-# A generated password appears on this one answer and nowhere else: no caching of it.
-ONCE_HEADERS = {"Cache-Control": "no-store"}
 
 
 def user_json(user: User) -> dict:

@@ -53,12 +53,10 @@ def scans():
     limit = current_app.config["BAGTRACK_PAGE_SIZE"]
     before = before_arg()
     filters = queries.ScanFilters.from_args(request.args)
-    # One row more than shown tells whether an older page exists.
-    rows = queries.scan_rows(reads(), current_user, limit=limit + 1, before=before, filters=filters)
-    next_before = rows[limit - 1].id if len(rows) > limit else None
+    rows, next_before = queries.scan_page(reads(), current_user, limit=limit, before=before, filters=filters)
     return render_template(
         "dashboard/scans.html",
-        scans=rows[:limit],
+        scans=rows,
         next_before=next_before,
         before=before,
         filters=filters,

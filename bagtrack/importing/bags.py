@@ -9,10 +9,10 @@ from flask import current_app
 
 from ..bulk import writer_for
 from ..codes import classify, normalise, require_kind
-from ..errors import Refusal
+from ..errors import PARENT_ON_BILL, Refusal
 from ..models import User, utcnow
 from .files import shown
-from .layout import TOO_MANY_CELLS, VERDICT_TABLE, RowProblem, add_tallies, execute, judge
+from .layout import TOO_MANY_CELLS, VERDICT_TABLE, RowProblem, add_tallies, execute, judge, sql_message
 
 # From this many bags on, foreign keys are set aside while the rows are written and checked once
 # at the end, as the seed does (see ``PostgresWriter.lock``): per row, they double the time of the load.
@@ -156,10 +156,10 @@ BAG_CHECKS = (
     FROM import_bag s JOIN bag b ON b.qr = s.qr LEFT JOIN bag holder ON holder.id = b.parent_id
     WHERE s.code IS NULL""",
     # The child's parent is in bagtrack but takes no children.
-    """SELECT s.row_no,
+    f"""SELECT s.row_no,
            CASE WHEN p.kind <> 'parent' THEN 'wrong_kind' ELSE 'parent_on_bill' END,
            CASE WHEN p.kind <> 'parent' THEN p.qr || ' is a child bag, not a parent bag.'
-                ELSE 'Parent bag ' || p.qr || ' is loaded on a bill; its contents cannot change.' END
+                ELSE {sql_message(PARENT_ON_BILL, qr="p.qr")} END
     FROM import_bag s JOIN bag p ON p.qr = s.parent_qr
     WHERE s.code IS NULL AND (p.kind <> 'parent' OR p.bill_id IS NOT NULL)""",
     # The child's parent is nowhere.

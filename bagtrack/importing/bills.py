@@ -14,12 +14,11 @@ from sqlalchemy import text
 
 from .. import billing
 from ..codes import normalise, require_kind
-from ..errors import Refusal
-from ..models import User, utcnow
+from ..errors import PARENT_EMPTY_TO_LOAD, Refusal
+from ..models import OFFICE_TALLY, User, utcnow
 from .files import shown
-from .layout import TOO_MANY_CELLS, VERDICT_TABLE, add_tallies, execute, judge
+from .layout import TOO_MANY_CELLS, VERDICT_TABLE, add_tallies, execute, judge, sql_message
 
-OFFICE_TALLY = 0  # bills belong to no dispatch area
 PARENT_SEPARATORS = re.compile(r"[\s,;]+")
 
 
@@ -166,7 +165,7 @@ BILL_CHECKS = (
                  row_number() OVER (PARTITION BY bp.row_no ORDER BY bp.position) AS place
           FROM import_bill_parent bp JOIN bag p ON p.qr = bp.parent_qr JOIN bill b ON b.id = p.bill_id) billed
     WHERE place = 1""",
-    """SELECT row_no, 'parent_empty', 'Parent bag ' || parent_qr || ' is empty; fill it before loading.'
+    f"""SELECT row_no, 'parent_empty', {sql_message(PARENT_EMPTY_TO_LOAD, qr="parent_qr")}
     FROM (SELECT bp.row_no, bp.parent_qr, row_number() OVER (PARTITION BY bp.row_no ORDER BY bp.position) AS place
           FROM import_bill_parent bp JOIN bag p ON p.qr = bp.parent_qr
           WHERE p.child_count = 0) empty

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Protocol
 
@@ -39,6 +40,17 @@ class Layout(Protocol):
     def drop_stage(self, connection) -> None: ...
 
     def settle(self) -> None: ...
+
+
+def sql_message(template: str, **columns: str) -> str:
+    """A message template of :mod:`bagtrack.errors` as a SQL text expression, its fields read from ``columns``."""
+    pieces = []
+    for index, part in enumerate(re.split(r"\{(\w+)\}", template)):
+        if index % 2:
+            pieces.append(columns[part])
+        elif part:
+            pieces.append("'" + part.replace("'", "''") + "'")
+    return " || ".join(pieces)
 
 
 class RowProblem(Exception):

@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user, login_required
 
 from .. import queries, scanning
-from ..codes import QR_MAX_LENGTH, classify, normalise
+from ..codes import AREA_CODE_MAX_LENGTH, QR_MAX_LENGTH, classify, normalise
 from ..errors import Refusal
 from ..extensions import db
 from ..models import Bag
@@ -37,7 +37,7 @@ def visible_parent_or_none(raw_qr: str | None) -> Bag | None:
 def render_scanner(parent: Bag | None, refusal: Refusal | None = None) -> str:
     figures = parent_json(parent) if parent is not None else None
     may_choose_area = current_user.has_role("biller")
-    chosen_area = normalise(request.values.get("area"))[:20]
+    chosen_area = normalise(request.values.get("area"))[:AREA_CODE_MAX_LENGTH]
     return render_template(
         "scan/page.html",
         parent=figures,
