@@ -186,10 +186,14 @@ def add_area(session, actor: User | None, code: str, name: str = "") -> Dispatch
 
 def create_user(
     session, actor: User | None, username: str, role: str, *, area_code: str | None = None, password: str | None = None
-) -> User:
-    """Create a user; dispatchers need an area. Returns the user (password hashed)."""
+) -> tuple[User, str]:
+    """Create a user; dispatchers need an area. Returns the user and its password (generated when not given).
 
-    def work() -> User:
+    The password is stored only hashed: the answer to the caller is the one
+    time anyone sees a generated one.
+    """
+
+    def work() -> tuple[User, str]:
         name = normalise_username(username)
         if not USERNAME_PATTERN.fullmatch(name):
             raise Refusal("invalid_input", f"A username is 1 to {USERNAME_MAX_LENGTH} of a-z, 0-9, '.', '_' and '-'.")
@@ -204,11 +208,12 @@ def create_user(
         user = User(
             username=name, role=role, area_id=area.id if area else None, active=True, failed_logins=0, session_version=1
         )
-        user.set_password(password or generate_password())
+        new_password = password or generate_password()
+        user.set_password(new_password)
         session.add(user)
         session.flush()
         record(session, actor, "user.create", name, after={"role": role, "area": area.code if area else None})
-        return user
+        return user, new_password
 
     return in_transaction(session, work)
 

@@ -250,6 +250,11 @@ def bag_record(session, user: User, bag: Bag, *, scans: int) -> BagRecord:
     return BagRecord(parent_qr, bill, children, scan_rows(session, user, limit=scans, bag=bag))
 
 
+def bill_no_of(session, parent: Bag) -> str | None:
+    """The number of the bill ``parent`` is loaded on, or None."""
+    return session.get(Bill, parent.bill_id).bill_no if parent.bill_id is not None else None
+
+
 def holders_of(session, bag: Bag) -> tuple[str | None, Bill | None]:
     """The code of the parent ``bag`` is in (children) and the bill it travels on: its own, or its parent's."""
     if bag.parent_id is None:

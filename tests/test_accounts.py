@@ -205,7 +205,7 @@ def test_reset_password_refuses_a_short_password(worker, admin):
 
 def test_create_user_normalises_the_name_and_audits(admin, make_area):
     make_area("NORTH")
-    user = accounts.create_user(
+    user, _ = accounts.create_user(
         db.session, admin, " New.Worker ", "dispatcher", area_code="north", password="long-enough"
     )
     assert (user.username, user.role, user.area.code, user.active) == ("new.worker", "dispatcher", "NORTH", True)
@@ -237,8 +237,8 @@ def test_create_user_rules(admin, make_area, username, role, area, password, mes
 
 
 def test_a_generated_password_is_never_empty(admin):
-    user = accounts.create_user(db.session, admin, "ann", "biller")
-    assert user.password_hash and not user.check_password("")
+    user, password = accounts.create_user(db.session, admin, "ann", "biller")
+    assert password and user.check_password(password) and not user.check_password("")
 
 
 def test_set_role_and_area_end_sessions(worker, admin, make_area):

@@ -218,6 +218,17 @@ def test_a_child_shows_the_bill_of_its_parent(login_as, office_floor):
     assert login_as("floor").get(f"/api/bags/{children('SB20001')[0]}").status_code == 404
 
 
+def test_the_last_page_of_the_scan_log_has_no_cursor(login_as, office_floor):
+    office = login_as("office")
+    scans = db.session.query(Scan).count()
+    whole = office.get(f"/api/scans?limit={scans}").get_json()
+    one_short = office.get(f"/api/scans?limit={scans - 1}").get_json()
+    assert (len(whole["scans"]), whole["next_before"]) == (scans, None)
+    assert one_short["next_before"] == one_short["scans"][-1]["id"]
+    rest = office.get(f"/api/scans?limit={scans}&before={one_short['next_before']}").get_json()
+    assert (len(rest["scans"]), rest["next_before"]) == (1, None)
+
+
 def test_scan_log_filters(login_as, office_floor):
     floor, office = login_as("floor"), login_as("office")
     floor.post("/scan/child", data={"parent": "SB10001", "qr": "NEWKID1"}, headers=JSON)  # on a bill: refused

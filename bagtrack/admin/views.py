@@ -14,20 +14,10 @@ from ..access import role_required
 from ..errors import Refusal
 from ..extensions import db
 from ..models import ROLES, User
-from ..shapes import iso
+from ..shapes import user_json
 from ..web import ONCE_HEADERS, before_arg, json_ok, refusal_answer, wants_json
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-
-
-def user_json(user: User) -> dict:
-    return {
-        "username": user.username,
-        "role": user.role,
-        "area": user.area.code if user.area else None,
-        "active": user.active,
-        "locked_until": iso(user.locked_until) if user.is_locked() else None,
-    }
 
 
 def render_index(refusal: Refusal | None = None, new_password: dict | None = None) -> str:
@@ -53,11 +43,8 @@ def index():
 @role_required("admin")
 def create_user():
     password = request.form.get("password") or None
-    generated = password is None
-    if generated:
-        password = accounts.generate_password()
     try:
-        user = accounts.create_user(
+        user, password_set = accounts.create_user(
             db.session,
             current_user,
             request.form.get("username", ""),
@@ -68,8 +55,8 @@ def create_user():
     except Refusal as refusal:
         return refusal_answer(refusal, render_index)
     message = f"Created {user.role} {user.username}."
-    if generated:
-        return password_once(user, password, message, 201)
+    if password is None:
+        return password_once(user, password_set, message, 201)
     if wants_json():
         return json_ok(201, user=user_json(user), password=None)
     flash(message, "ok")

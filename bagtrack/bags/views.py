@@ -91,7 +91,7 @@ def close(qr: str):
         return refusal_answer(refusal, page_after_refusal(lambda: find_visible_bag(qr), render_bag))
     parent = result.parent
     if wants_json():
-        return json_ok(duplicate=result.duplicate, parent=parent_json(parent))
+        return json_ok(duplicate=result.duplicate, parent=parent_json(parent, queries.bill_no_of(db.session, parent)))
     if result.duplicate:
         flash(f"Parent bag {parent.qr} is already complete.", "ok")
     else:
@@ -126,7 +126,7 @@ def reopen(qr: str):
         return correction_answer(refusal, qr)
     parent = result.parent
     if wants_json():
-        return json_ok(duplicate=result.duplicate, parent=parent_json(parent))
+        return json_ok(duplicate=result.duplicate, parent=parent_json(parent, queries.bill_no_of(db.session, parent)))
     if result.duplicate:
         flash(f"Parent bag {parent.qr} is already open.", "ok")
     else:

@@ -49,20 +49,17 @@ def areas_list() -> None:
 @click.option("--password", help="Without it: prompted on a terminal, else generated and printed once.")
 def users_create(username: str, role: str, area_code: str | None, password: str | None) -> None:
     """Create a user USERNAME."""
-    generated = False
-    if password is None:
-        if sys.stdin.isatty():
-            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-        else:
-            password = accounts.generate_password()
-            generated = True
+    if password is None and sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        user = accounts.create_user(db.session, None, username, role, area_code=area_code, password=password)
+        user, password_set = accounts.create_user(
+            db.session, None, username, role, area_code=area_code, password=password
+        )
     except Refusal as refusal:
         fail(refusal.message)
     click.echo(f"Created {user.role} {user.username}.")
-    if generated:
-        click.echo(f"Password (shown once): {password}")
+    if password is None:
+        click.echo(f"Password (shown once): {password_set}")
 
 
 @users.command("list")
