@@ -13,7 +13,7 @@ from servers import Gunicorn, http_login
 from sqlalchemy import func, select
 
 from bagtrack import billing, importing, stats
-from bagtrack.exports import views as exports_views
+from bagtrack.admin import views as admin_views
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
 from bagtrack.models import AuditEntry, Bag, Bill, Scan, User
@@ -382,7 +382,7 @@ def test_an_unexpected_failure_answers_500_with_an_internal_error_code(make_app,
         def broken(*args, **kwargs):
             raise RuntimeError("the import broke")
 
-        monkeypatch.setitem(exports_views.IMPORTERS, "bags", broken)
+        monkeypatch.setitem(admin_views.IMPORTERS, "bags", broken)
         answer = admin.post("/admin/import", data=csv_upload(BAG_HEADER), headers=JSON)
         page = admin.post("/admin/import", data=csv_upload(BAG_HEADER), content_type="multipart/form-data")
 
