@@ -22,6 +22,8 @@ from .ledger import in_transaction
 from .models import ROLES, AreaRef, DispatchArea, Identity, LoginSession, RecoveryCode, User, utcnow
 
 USERNAME_PATTERN = re.compile(rf"^[a-z0-9][a-z0-9._-]{{0,{USERNAME_MAX_LENGTH - 1}}}$", re.ASCII)
+DISPATCHER_NEEDS_AREA = "A dispatcher needs a dispatch area."
+AREA_BEFORE_DISPATCHER = "Give {username} an area before making them a dispatcher."
 AREA_CODE_PATTERN = re.compile(rf"^[A-Z0-9][A-Z0-9_-]{{0,{AREA_CODE_MAX_LENGTH - 1}}}$", re.ASCII)
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
@@ -200,7 +202,7 @@ def create_user(
         _check_role(role)
         area = find_area(session, area_code) if area_code else None
         if role == "dispatcher" and area is None:
-            raise Refusal("invalid_input", "A dispatcher needs a dispatch area (--area CODE).")
+            raise Refusal("invalid_input", DISPATCHER_NEEDS_AREA)
         if password is not None:
             check_new_password(password, name)
         if session.scalar(select(User.id).where(User.username == name)) is not None:
@@ -263,7 +265,7 @@ def set_role(session, actor: User | None, username: str, role: str) -> User:
 
     def change(user: User) -> None:
         if role == "dispatcher" and user.area_id is None:
-            raise Refusal("invalid_input", f"Give {user.username} an area (set-area) before making them a dispatcher.")
+            raise Refusal("invalid_input", AREA_BEFORE_DISPATCHER.format(username=user.username))
         user.role = role
         user.session_version += 1
 

@@ -222,7 +222,7 @@ def test_create_user_normalises_the_name_and_audits(admin, make_area):
         ("", "biller", None, None, "A username is 1 to 64 of a-z, 0-9, '.', '_' and '-'."),
         ("x" * 65, "biller", None, None, "A username is 1 to 64 of a-z, 0-9, '.', '_' and '-'."),
         ("ann", "boss", None, None, "Role must be one of dispatcher, biller, admin, not 'boss'."),
-        ("ann", "dispatcher", None, None, "A dispatcher needs a dispatch area (--area CODE)."),
+        ("ann", "dispatcher", None, None, "A dispatcher needs a dispatch area."),
         ("ann", "dispatcher", "WEST", None, "There is no dispatch area 'WEST'."),
         ("ann", "biller", None, "short", "A password has at least 10 characters."),
         ("ann", "biller", None, "password1234", "That password is too common to be safe: choose another."),

@@ -70,7 +70,7 @@ def test_users_create_dispatcher_needs_an_area(runner):
     result = runner.invoke(args=["users", "create", "ana", "--role", "dispatcher", "--password", "long-enough-1"])
 
     assert result.exit_code == 1
-    assert result.output == "Error: A dispatcher needs a dispatch area (--area CODE).\n"
+    assert result.output == "Error: A dispatcher needs a dispatch area. Give it with --area CODE.\n"
     assert user_row("ana") is None
 
 
@@ -250,3 +250,15 @@ def test_commands_on_an_unmigrated_database_say_to_upgrade(make_app, tmp_path):
     )
     assert seeded.exit_code == 1
     assert seeded.output.startswith("Error: the database refused the seed (no such table: bag)")
+
+
+def test_users_set_role_to_dispatcher_without_an_area_names_the_command_that_helps(runner, make_user):
+    make_user("office", role="biller", area=None)
+
+    result = runner.invoke(args=["users", "set-role", "office", "dispatcher"])
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: Give office an area before making them a dispatcher."
+        " Set it with: users set-area office AREA_CODE\n"
+    )
