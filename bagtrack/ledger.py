@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from . import cache, timeline
+from . import figures, timeline
 from .codes import QR_MAX_LENGTH
 from .errors import Refusal
 from .models import TALLY_FIELDS, Scan, Tally, TallyHour, User, utcnow
@@ -358,7 +358,7 @@ def in_transaction(
             result = work()
             committing = True
             session.commit()
-            cache.announce(scan_kind, session.info.pop(CHANGED_TALLIES, ()))
+            figures.announce(scan_kind, session.info.pop(CHANGED_TALLIES, ()))
             return result
         except Refusal as refusal:
             session.rollback()

@@ -26,10 +26,11 @@ from typing import TypeVar
 from flask import current_app
 from sqlalchemy import insert, select, text
 
-from . import accounts, cache, ledger, timeline
+from . import accounts, ledger, timeline
 from .bulk import writer_for
 from .errors import Refusal
 from .extensions import db
+from .figures import announce as announce_changed_figures
 from .models import OFFICE_TALLY, TALLY_FIELDS, Bill, DispatchArea, User, utcnow
 
 T = TypeVar("T")
@@ -194,7 +195,7 @@ def seed(
                 advance(count)
         writer.finish()
         _add_to_tally(connection, first_bag_id, first_bag_id + plan.parents + plan.children - 1, bill_ids, scan_floor)
-    cache.announce(None, [*area_ids, OFFICE_TALLY])
+    announce_changed_figures(None, [*area_ids, OFFICE_TALLY])
     writer.analyze()
     return SeedReport(
         areas=area_codes,

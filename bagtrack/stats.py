@@ -10,8 +10,8 @@ from . import timeline
 from .models import OFFICE_TALLY, Tally
 
 
-def dashboard_figures(session, area_id: int | None) -> dict:
-    """The figures of ``/api/stats`` for one area (``None``: all areas).
+def tally_figures(session, area_id: int | None) -> dict:
+    """The figures of ``/api/stats`` for one area (``None``: all areas), summed from the tally now.
 
     Bills belong to no area, so every user sees the same bill figures.
     """

@@ -61,7 +61,7 @@ def test_create_bill_normalises_and_stores_the_fields(biller):
     entry = db.session.scalars(select(AuditEntry)).one()
     assert (entry.action, entry.target, entry.actor) == ("bill.create", "BILL-2024-07", "boss")
     assert json.loads(entry.after)["status"] == "open"
-    assert stats.dashboard_figures(db.session, None)["bills"] == {"open": 1, "closed": 0}
+    assert stats.tally_figures(db.session, None)["bills"] == {"open": 1, "closed": 0}
 
 
 @pytest.mark.parametrize("bill_no", ["", "B 1", "B_1", "A" * 51, "B\uff11"])
@@ -322,13 +322,13 @@ def test_close_and_reopen_a_bill(biller, make_parent):
     bill = fresh_bill("B-1")
     assert bill.status == "closed" and bill.closed_at is not None
     assert billing.close_bill(db.session, biller, "B-1").duplicate is True
-    assert stats.dashboard_figures(db.session, None)["bills"] == {"open": 0, "closed": 1}
+    assert stats.tally_figures(db.session, None)["bills"] == {"open": 0, "closed": 1}
 
     assert billing.reopen_bill(db.session, biller, "B-1").duplicate is False
     bill = fresh_bill("B-1")
     assert bill.status == "open" and bill.closed_at is None
     assert billing.reopen_bill(db.session, biller, "B-1").duplicate is True
-    assert stats.dashboard_figures(db.session, None)["bills"] == {"open": 1, "closed": 0}
+    assert stats.tally_figures(db.session, None)["bills"] == {"open": 1, "closed": 0}
     assert audit_actions() == ["bill.create", "bill.load_parent", "bill.close", "bill.reopen"]
     close_entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "bill.close")).one()
     assert json.loads(close_entry.before)["status"] == "open"
@@ -364,4 +364,4 @@ def test_bill_counters_and_dashboard_equal_recounts(biller, make_parent):
     assert (fresh_bill("B-1").parent_count, fresh_bill("B-1").child_count) == (2, 33)
     assert (fresh_bill("B-2").parent_count, fresh_bill("B-2").child_count) == (2, 6)
     assert counter_mismatches(db.session) == []
-    assert figures_without_time(stats.dashboard_figures(db.session, None)) == recount_figures(db.session)
+    assert figures_without_time(stats.tally_figures(db.session, None)) == recount_figures(db.session)

@@ -259,6 +259,5 @@ def test_users_set_role_to_dispatcher_without_an_area_names_the_command_that_hel
 
     assert result.exit_code == 1
     assert result.output == (
-        "Error: Give office an area before making them a dispatcher."
-        " Set it with: users set-area office AREA_CODE\n"
+        "Error: Give office an area before making them a dispatcher. Set it with: users set-area office AREA_CODE\n"
     )

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
 from sqlalchemy.pool import NullPool
 
-from bagtrack import cache as figures
+from bagtrack import figures
 from bagtrack.extensions import db, limiter
 from bagtrack.invariants import find_violations
 from bagtrack.ledger import in_transaction, log_scan

@@ -7,10 +7,10 @@ from flask_login import current_user, login_required
 
 from .. import queries
 from ..access import area_scope, visible_figures
-from ..cache import dashboard_figures
 from ..codes import QR_MAX_LENGTH, normalise
 from ..errors import Refusal
 from ..extensions import db
+from ..figures import dashboard_figures
 from ..replica import reads, reads_from_replica
 from ..shapes import iso, scan_json
 from ..web import before_arg, json_error, positive_int_arg

@@ -7,8 +7,8 @@ from flask_login import current_user, login_required
 
 from .. import floor, queries
 from ..access import area_scope, visible_figures
-from ..cache import dashboard_figures
 from ..extensions import db
+from ..figures import dashboard_figures
 from ..models import utcnow
 from ..replica import reads, reads_from_replica
 from ..web import before_arg

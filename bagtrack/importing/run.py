@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from sqlalchemy import select, text
 
-from .. import cache
+from .. import figures
 from ..audit import record
 from ..models import DispatchArea, User
 from .bags import BagLayout
@@ -125,7 +125,7 @@ def _run(session, layout: Layout, stream, extension, user, source, on_refusal, p
     except BaseException:
         session.rollback()
         raise
-    cache.announce(None, changed_areas)
+    figures.announce(None, changed_areas)
     layout.settle()
     return report
 
