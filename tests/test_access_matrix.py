@@ -16,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 import conftest
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient, log_in
+from helpers import JSON, PASSWORD, BagtrackClient, log_in
 from sqlalchemy import select
 
 from bagtrack import accounts, billing, scanning

@@ -6,11 +6,10 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import PASSWORD
+from helpers import PASSWORD, refused
 from sqlalchemy import select, update
 
 from bagtrack import accounts
-from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, DispatchArea, User, utcnow
 
@@ -30,12 +29,6 @@ def login_refused(username: str, password: str) -> str:
 def fresh_user(username: str) -> User:
     db.session.expire_all()
     return db.session.scalars(select(User).where(User.username == username)).one()
-
-
-def refused(call, *args, **kwargs) -> Refusal:
-    with pytest.raises(Refusal) as caught:
-        call(db.session, *args, **kwargs)
-    return caught.value
 
 
 def locked_message(user: User) -> str:

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import refused
 from sqlalchemy import func, select
 from test_scanning import counter_mismatches, figures_without_time, fresh_bag, last_scan, recount_figures
 
 from bagtrack import billing, scanning, stats
-from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, Bag, Bill, Scan
-
-
-def refused(call, *args, **kwargs) -> Refusal:
-    with pytest.raises(Refusal) as caught:
-        call(db.session, *args, **kwargs)
-    return caught.value
 
 
 def fresh_bill(bill_no: str) -> Bill:
@@ -27,11 +21,6 @@ def fresh_bill(bill_no: str) -> Bill:
 
 def audit_actions() -> list[str]:
     return list(db.session.scalars(select(AuditEntry.action).order_by(AuditEntry.id)))
-
-
-@pytest.fixture
-def biller(make_user):
-    return make_user("boss", "biller", None)
 
 
 def new_bill(biller, bill_no: str = "B-1", capacity: int = 10, **fields) -> Bill:

@@ -9,7 +9,7 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from conftest import JSON, log_in
+from helpers import JSON, log_in
 from prometheus_client import REGISTRY
 from sqlalchemy import event
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import post_login, user_row
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
@@ -14,16 +15,6 @@ from bagtrack.models import DispatchArea, User
 
 GENERATED = re.compile(r"\(shown once\): (\S+)")
 BOOTSTRAP = re.compile(r"^Created admin user 'admin' with password: (\S+) — shown once, change it\.$", re.MULTILINE)
-
-
-def user_row(username: str) -> User:
-    db.session.expire_all()
-    return db.session.scalar(select(User).where(User.username == username))
-
-
-def log_in(client, username: str, password: str):
-    client.fetch_csrf_token()
-    return client.post("/login", data={"username": username, "password": password})
 
 
 def test_areas_add_and_list(runner):
@@ -123,7 +114,7 @@ def test_users_disable_ends_logging_in(runner, make_user, client):
 
     assert result.output == "worker is disabled.\n"
     assert user_row("worker").active is False
-    refused = log_in(client, "worker", "secret-pass")
+    refused = post_login(client, "worker", "secret-pass")
     assert refused.status_code == 401
     assert "This account is disabled." in refused.get_data(as_text=True)
 
@@ -163,7 +154,7 @@ def test_bootstrap_creates_the_admin_once_with_a_random_password(runner, client)
     assert "Created dispatch area MAIN.\n" in first.output
     password = BOOTSTRAP.search(first.output).group(1)
     assert len(password) >= 12
-    assert log_in(client, "admin", password).status_code == 303
+    assert post_login(client, "admin", password).status_code == 303
 
     second = runner.invoke(args=["bootstrap"])
 

@@ -102,11 +102,6 @@ def big_app(make_app):
     return make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 55, "max_overflow": 0, "pool_timeout": 20})
 
 
-@pytest.fixture
-def biller(make_user):
-    return make_user("boss", "biller", None)
-
-
 def test_fifty_scanners_on_one_parent_never_exceed_its_capacity(big_app, make_user, make_parent):
     operator = make_user("op1", "dispatcher", "NORTH")
     parent = make_parent("SB00001")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from conftest import JSON, PASSWORD, BagtrackClient, log_in
+from helpers import JSON, PASSWORD, BagtrackClient, log_in
 from redis import Redis
 from servers import Gunicorn, RedisServer, free_port, http_login, redis_server, scratch_database
 from sqlalchemy import create_engine, event, func, select, text

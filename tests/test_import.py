@@ -7,7 +7,7 @@ import io
 import zipfile
 
 import pytest
-from conftest import JSON, PASSWORD, log_in
+from helpers import JSON, PASSWORD, log_in
 from openpyxl import Workbook
 from servers import Gunicorn, http_login
 from sqlalchemy import func, select

@@ -8,8 +8,8 @@ import uuid
 
 import conftest
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient, log_in
 from flask import request
+from helpers import JSON, PASSWORD, BagtrackClient, log_in
 from prometheus_client import REGISTRY
 
 from bagtrack.extensions import limiter

@@ -6,7 +6,7 @@ import re
 import threading
 
 import pytest
-from conftest import JSON, PASSWORD
+from helpers import JSON, PASSWORD
 
 from bagtrack import billing, queries
 from bagtrack.extensions import db

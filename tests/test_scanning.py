@@ -6,18 +6,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers import refused
 from sqlalchemy import func, select, text, update
 
 from bagtrack import billing, scanning, stats
-from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, Bag, Bill, Scan, utcnow
-
-
-def refused(call, *args) -> Refusal:
-    with pytest.raises(Refusal) as caught:
-        call(db.session, *args)
-    return caught.value
 
 
 def fresh_bag(qr: str) -> Bag:
@@ -116,11 +110,6 @@ def figures_without_time(figures: dict) -> dict:
 @pytest.fixture
 def operator(make_user):
     return make_user("op1", "dispatcher", "NORTH")
-
-
-@pytest.fixture
-def biller(make_user):
-    return make_user("boss", "biller", None)
 
 
 # --- Scan parent ----------------------------------------------------------------------------------
