@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import uuid
 
-import conftest
+import helpers
 import pytest
 from flask import request
 from helpers import JSON, PASSWORD, BagtrackClient, log_in
@@ -37,7 +37,7 @@ def limited_app(make_app):
 
 
 def new_client(app, address: str = "10.0.0.1") -> BagtrackClient:
-    return conftest.new_client(app, address)
+    return helpers.new_client(app, address)
 
 
 def logged_in(app, user, address: str = "10.0.0.1") -> BagtrackClient:
