@@ -6,10 +6,7 @@ from flask import Flask
 
 from . import config as settings
 from . import observability
-
-# Aliased: once imported, the submodule bagtrack.cache takes the name ``cache`` here.
-from .extensions import cache as flask_cache
-from .extensions import compress, csrf, db, login_manager, migrate
+from .extensions import cache, compress, csrf, db, login_manager, migrate
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -31,7 +28,7 @@ def create_app(config: dict | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(settings.MIGRATIONS_DIR), render_as_batch=True)
     login_manager.init_app(app)
     csrf.init_app(app)
-    flask_cache.init_app(app)
+    cache.init_app(app)
     compress.init_app(app)
 
     from . import database, limits, replica, security, web

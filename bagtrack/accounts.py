@@ -16,13 +16,15 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from . import twofactor
 from .audit import record
-from .codes import normalise, without_controls
+from .codes import AREA_CODE_MAX_LENGTH, USERNAME_MAX_LENGTH, normalise, without_controls
 from .errors import Refusal
 from .ledger import in_transaction
 from .models import ROLES, AreaRef, DispatchArea, Identity, LoginSession, RecoveryCode, User, utcnow
 
-USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$", re.ASCII)
-AREA_CODE_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,19}$", re.ASCII)
+USERNAME_PATTERN = re.compile(rf"^[a-z0-9][a-z0-9._-]{{0,{USERNAME_MAX_LENGTH - 1}}}$", re.ASCII)
+DISPATCHER_NEEDS_AREA = "A dispatcher needs a dispatch area."
+AREA_BEFORE_DISPATCHER = "Give {username} an area before making them a dispatcher."
+AREA_CODE_PATTERN = re.compile(rf"^[A-Z0-9][A-Z0-9_-]{{0,{AREA_CODE_MAX_LENGTH - 1}}}$", re.ASCII)
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
 COMMON_PASSWORDS = Path(__file__).resolve().parent / "data" / "common-passwords.txt"
@@ -139,7 +141,7 @@ def find_area(session, code: str | None) -> DispatchArea:
     code = normalise(code)
     area = session.scalar(select(DispatchArea).where(DispatchArea.code == code))
     if area is None:
-        raise Refusal("invalid_input", f"There is no dispatch area {code[:20]!r}.")
+        raise Refusal("invalid_input", f"There is no dispatch area {code[:AREA_CODE_MAX_LENGTH]!r}.")
     return area
 
 
@@ -170,7 +172,9 @@ def add_area(session, actor: User | None, code: str, name: str = "") -> Dispatch
     def work() -> DispatchArea:
         normalised = normalise(code)
         if not AREA_CODE_PATTERN.fullmatch(normalised):
-            raise Refusal("invalid_input", "An area code is 1 to 20 characters of A-Z, 0-9, '_' and '-'.")
+            raise Refusal(
+                "invalid_input", f"An area code is 1 to {AREA_CODE_MAX_LENGTH} characters of A-Z, 0-9, '_' and '-'."
+            )
         if session.scalar(select(DispatchArea.id).where(DispatchArea.code == normalised)) is not None:
             raise Refusal("invalid_input", f"Dispatch area {normalised} already exists.")
         area = DispatchArea(code=normalised, name=without_controls(name or normalised).strip()[:100])
@@ -184,17 +188,21 @@ def add_area(session, actor: User | None, code: str, name: str = "") -> Dispatch
 
 def create_user(
     session, actor: User | None, username: str, role: str, *, area_code: str | None = None, password: str | None = None
-) -> User:
-    """Create a user; dispatchers need an area. Returns the user (password hashed)."""
+) -> tuple[User, str]:
+    """Create a user; dispatchers need an area. Returns the user and its password (generated when not given).
 
-    def work() -> User:
+    The password is stored only hashed: the answer to the caller is the one
+    time anyone sees a generated one.
+    """
+
+    def work() -> tuple[User, str]:
         name = normalise_username(username)
         if not USERNAME_PATTERN.fullmatch(name):
-            raise Refusal("invalid_input", "A username is 1 to 64 of a-z, 0-9, '.', '_' and '-'.")
+            raise Refusal("invalid_input", f"A username is 1 to {USERNAME_MAX_LENGTH} of a-z, 0-9, '.', '_' and '-'.")
         _check_role(role)
         area = find_area(session, area_code) if area_code else None
         if role == "dispatcher" and area is None:
-            raise Refusal("invalid_input", "A dispatcher needs a dispatch area (--area CODE).")
+            raise Refusal("invalid_input", DISPATCHER_NEEDS_AREA)
         if password is not None:
             check_new_password(password, name)
         if session.scalar(select(User.id).where(User.username == name)) is not None:
@@ -202,11 +210,12 @@ def create_user(
         user = User(
             username=name, role=role, area_id=area.id if area else None, active=True, failed_logins=0, session_version=1
         )
-        user.set_password(password or generate_password())
+        new_password = password or generate_password()
+        user.set_password(new_password)
         session.add(user)
         session.flush()
         record(session, actor, "user.create", name, after={"role": role, "area": area.code if area else None})
-        return user
+        return user, new_password
 
     return in_transaction(session, work)
 
@@ -256,7 +265,7 @@ def set_role(session, actor: User | None, username: str, role: str) -> User:
 
     def change(user: User) -> None:
         if role == "dispatcher" and user.area_id is None:
-            raise Refusal("invalid_input", f"Give {user.username} an area (set-area) before making them a dispatcher.")
+            raise Refusal("invalid_input", AREA_BEFORE_DISPATCHER.format(username=user.username))
         user.role = role
         user.session_version += 1
 
@@ -399,7 +408,7 @@ def authenticate(session, username: str | None, password: str | None, known_devi
     """
     name = normalise_username(username)
     invalid = LoginRefused("Wrong username or password.")
-    if not name or not password or len(name) > 64 or len(password) > MAX_PASSWORD_LENGTH:
+    if not name or not password or len(name) > USERNAME_MAX_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
         raise invalid
     user = session.scalar(select(User).where(User.username == name).execution_options(populate_existing=True))
     # Hashing a password takes a while on purpose: hold no transaction (and no

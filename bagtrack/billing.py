@@ -13,13 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .audit import reason_given, record
-from .codes import normalise, normalise_bill_no, require_kind
-from .errors import Refusal
+from .codes import BILL_NO_MAX_LENGTH, QR_MAX_LENGTH, normalise, normalise_bill_no, require_kind
+from .errors import PARENT_EMPTY_TO_LOAD, Refusal
 from .ledger import add_to_tally, count_scan, in_transaction, log_scan
-from .models import Bag, Bill, User, utcnow
+from .models import OFFICE_TALLY, Bag, Bill, User, utcnow
 from .scanning import visible_parent
 
-OFFICE_TALLY = 0  # bills belong to no dispatch area
 LOCK_ATTEMPTS = 5
 
 
@@ -42,13 +41,14 @@ def bill_snapshot(bill: Bill) -> dict:
 def find_bill(session, raw_bill_no: str | None, *, lock: bool = False) -> Bill:
     """The bill ``raw_bill_no`` (normalised), or ``bill_not_found``."""
     bill_no = normalise(raw_bill_no)
-    statement = select(Bill).where(Bill.bill_no == bill_no[:50])
+    statement = select(Bill).where(Bill.bill_no == bill_no[:BILL_NO_MAX_LENGTH])
     if lock:
         # The session keeps objects across commits; a locked read must replace their stale values.
         statement = statement.with_for_update(key_share=True).execution_options(populate_existing=True)
     bill = session.scalars(statement).one_or_none() if bill_no else None
     if bill is None:
-        raise Refusal("bill_not_found", f"Bill {bill_no[:50]} was not found.", qr=bill_no[:64])
+        shown = bill_no[:BILL_NO_MAX_LENGTH]
+        raise Refusal("bill_not_found", f"Bill {shown} was not found.", qr=bill_no[:QR_MAX_LENGTH])
     return bill
 
 
@@ -202,7 +202,7 @@ def load_parent(
         if parent.child_count == 0:
             raise Refusal(
                 "parent_empty",
-                f"Parent bag {parent.qr} is empty; fill it before loading.",
+                PARENT_EMPTY_TO_LOAD.format(qr=parent.qr),
                 qr=parent.qr,
                 parent=parent,
                 bill=bill,

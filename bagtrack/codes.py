@@ -12,8 +12,11 @@ from flask import current_app
 
 from .errors import Refusal
 
+# The longest values the database stores (see ``bagtrack.models``); longer input is cut before a lookup.
 QR_MAX_LENGTH = 64
 BILL_NO_MAX_LENGTH = 50
+AREA_CODE_MAX_LENGTH = 20
+USERNAME_MAX_LENGTH = 64
 BILL_NO_PATTERN = re.compile(r"^[A-Z0-9-]{1,50}$", re.ASCII)
 # Only ASCII letters are upper-cased: str.upper() turns look-alikes such as the
 # long s (U+017F) or the fi ligature (U+FB01) into ASCII ("S", "FI"), which

@@ -14,8 +14,8 @@ from sqlalchemy import delete
 
 from .audit import reason_given, record
 from .billing import bill_snapshot, lock_bill_of
-from .codes import normalise, require_kind
-from .errors import Refusal
+from .codes import QR_MAX_LENGTH, normalise, require_kind
+from .errors import PARENT_ON_BILL_TO_REOPEN, Refusal
 from .ledger import add_to_tally, count_scan, in_transaction
 from .models import Bag, Bill, User
 from .scanning import find_bag, visible_parent
@@ -106,7 +106,7 @@ def reopen_parent(session, user: User, raw_qr: str | None, raw_reason) -> Correc
         if parent.bill_id is not None:
             raise Refusal(
                 "parent_on_bill",
-                f"Parent bag {parent.qr} is loaded on a bill; take it off the bill before reopening it.",
+                PARENT_ON_BILL_TO_REOPEN.format(qr=parent.qr),
                 qr=parent.qr,
                 parent=parent,
             )
@@ -143,7 +143,7 @@ def delete_bag(session, user: User, raw_qr: str | None, raw_reason) -> str:
 
     def work() -> str:
         reason = reason_given(raw_reason)
-        code = normalise(raw_qr)[:64]
+        code = normalise(raw_qr)[:QR_MAX_LENGTH]
         bag = find_bag(session, code, lock=True) if code else None
         if bag is None:
             raise Refusal("not_found", f"Bag {code} was not found.")

@@ -54,3 +54,10 @@ class Refusal(Exception):
         self.parent_id = parent.id if parent is not None else None
         self.area_id = parent.area_id if parent is not None else None
         self.bill_id = bill.id if bill is not None else None
+
+
+# Sentences that more than one rule says of a parent bag, ``{qr}`` its code; imports build them in SQL.
+PARENT_ON_BILL = "Parent bag {qr} is loaded on a bill; its contents cannot change."
+PARENT_ON_BILL_TO_REOPEN = "Parent bag {qr} is loaded on a bill; take it off the bill before reopening it."
+PARENT_EMPTY_TO_LOAD = "Parent bag {qr} is empty; fill it before loading."
+PARENT_EMPTY_TO_CLOSE = "Parent bag {qr} is empty; there is nothing to close."

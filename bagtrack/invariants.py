@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from . import ledger
 from .models import TallyHour
-from .stats import dashboard_figures
+from .stats import tally_figures
 
 EXAMPLES = 10
 
@@ -228,7 +228,7 @@ def _tally_violations(session, connection) -> list[str]:
 
     violations = []
     for area_id in [None, *sorted(area_codes)]:
-        figures = dashboard_figures(session, area_id)
+        figures = tally_figures(session, area_id)
         shown = {
             "parents": figures["bags"]["parents"],
             "children": figures["bags"]["children"],

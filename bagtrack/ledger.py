@@ -14,7 +14,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from . import cache, timeline
+from . import figures, timeline
+from .codes import QR_MAX_LENGTH
 from .errors import Refusal
 from .models import TALLY_FIELDS, Scan, Tally, TallyHour, User, utcnow
 from .observability import describe_database_error
@@ -279,7 +280,7 @@ def log_scan(
             "kind": kind,
             "outcome": outcome,
             "reason": reason,
-            "qr": (qr or "")[:64],
+            "qr": (qr or "")[:QR_MAX_LENGTH],
             "bag_id": bag_id,
             "parent_id": parent_id,
             "bill_id": bill_id,
@@ -357,7 +358,7 @@ def in_transaction(
             result = work()
             committing = True
             session.commit()
-            cache.announce(scan_kind, session.info.pop(CHANGED_TALLIES, ()))
+            figures.announce(scan_kind, session.info.pop(CHANGED_TALLIES, ()))
             return result
         except Refusal as refusal:
             session.rollback()

@@ -29,6 +29,7 @@ from werkzeug.routing import Rule
 
 from . import observability
 from .accounts import DEVICE_COOKIE, PENDING_2FA_KEY, known_usernames, normalise_username
+from .codes import USERNAME_MAX_LENGTH
 from .extensions import limiter, rate_limit_key
 from .web import error_page
 
@@ -52,7 +53,7 @@ def posted_username() -> str:
     if request.endpoint == "auth.login_code":
         pending = session.get(PENDING_2FA_KEY)
         return f"user:{pending.get('user')}" if isinstance(pending, dict) else client_address()
-    name = normalise_username(request.form.get("username"))[:64]
+    name = normalise_username(request.form.get("username"))[:USERNAME_MAX_LENGTH]
     if not name:
         return client_address()
     if name in known_usernames(request.cookies.get(DEVICE_COOKIE)):

@@ -35,6 +35,8 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 ROLES = ("dispatcher", "biller", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
+# The tally's area id for bills, which belong to no dispatch area (and for scans of no area).
+OFFICE_TALLY = 0
 
 
 def utcnow() -> datetime:

@@ -24,7 +24,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Date, and_, bindparam, delete, exists, func, not_, select, text
 from sqlalchemy.orm import aliased
 
-from . import cache, timeline
+from . import figures, timeline
 from .audit import record
 from .errors import Refusal
 from .ledger import add_hours
@@ -133,7 +133,7 @@ def prune(session, *, older_than_days: int, dry_run: bool = False, user: User | 
             after={"cutoff": report.cutoff, "deleted": report.deleted, "kept": report.kept, "folded": report.folded},
         )  # fmt: skip
     session.commit()
-    cache.announce(None, sorted(changed_areas))
+    figures.announce(None, sorted(changed_areas))
     return report
 
 

@@ -10,15 +10,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import and_, func, literal_column, or_, select
 from sqlalchemy.orm import aliased
 
-from .access import area_scope, scoped
-from .codes import normalise, without_controls
+from .access import area_scope, may_see_area, scoped
+from .codes import (
+    AREA_CODE_MAX_LENGTH,
+    BILL_NO_MAX_LENGTH,
+    QR_MAX_LENGTH,
+    USERNAME_MAX_LENGTH,
+    normalise,
+    without_controls,
+)
 from .errors import Refusal
 from .exporting import Days, parse_day
 from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User, utcnow
+from .scanning import find_bag
 from .timeline import SLACK, first_id_from
 
 SCAN_KINDS = ("parent", "child", "undo", "close", "load", "unload", "remove", "reopen")
@@ -52,11 +61,11 @@ class ScanFilters:
             raise Refusal("invalid_input", "A reason is a code such as parent_full or duplicate.")
         first, end = day_bounds(args)
         return cls(
-            user=without_controls(args.get("user")).strip()[:64] or None,
+            user=without_controls(args.get("user")).strip()[:USERNAME_MAX_LENGTH] or None,
             outcome=outcome,
             reason=reason,
             kind=kind,
-            area=normalise(args.get("area"))[:20] or None,
+            area=normalise(args.get("area"))[:AREA_CODE_MAX_LENGTH] or None,
             first=first,
             end=end,
         )
@@ -66,6 +75,15 @@ class ScanFilters:
         chosen = {field.name: getattr(self, field.name) for field in fields(self)}
         chosen.pop("first"), chosen.pop("end")
         return {name: value for name, value in chosen.items() if value}
+
+
+def keyset_page(rows: list, limit: int) -> tuple[list, int | None]:
+    """The first ``limit`` of ``rows`` (read as ``limit + 1``, newest first) and the ``before`` of the next page.
+
+    The one row more than shown tells whether an older page exists; without
+    it there is no next page and the cursor is None.
+    """
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 
 
 def day_bounds(args) -> tuple[datetime | None, datetime | None]:
@@ -128,6 +146,11 @@ def scan_rows(
     if filters is not None:
         statement = _filtered_scans(session, statement, filters)
     return session.execute(statement).all()
+
+
+def scan_page(session, user: User, *, limit: int, before: int | None = None, filters: ScanFilters | None = None):
+    """One page of the scan log the user may see, newest first, and the ``before`` of the next (or None)."""
+    return keyset_page(scan_rows(session, user, limit=limit + 1, before=before, filters=filters), limit)
 
 
 def _filtered_scans(session, statement, filters: ScanFilters):
@@ -195,9 +218,41 @@ def bag_page(session, user: User, filters: BagFilters, *, limit: int, before: in
             found = statement.cte("found").prefix_with("MATERIALIZED", dialect="postgresql")
             statement = select(found.c.id)
     page = statement.order_by(statement.selected_columns.id.desc()).limit(limit + 1).subquery()
-    bags = list(session.scalars(select(Bag).join(page, Bag.id == page.c.id).order_by(Bag.id.desc())))
-    next_before = bags[limit - 1].id if len(bags) > limit else None
-    return bags[:limit], next_before
+    return keyset_page(
+        list(session.scalars(select(Bag).join(page, Bag.id == page.c.id).order_by(Bag.id.desc()))), limit
+    )
+
+
+def visible_bag(session, user: User, raw_qr: str | None) -> Bag | None:
+    """The bag ``raw_qr`` names, or None when it is unknown or outside the user's area."""
+    code = normalise(raw_qr)
+    if not 0 < len(code) <= QR_MAX_LENGTH:
+        return None
+    bag = find_bag(session, code)
+    if bag is None or not may_see_area(user, bag.area_id):
+        return None
+    return bag
+
+
+class BagRecord(NamedTuple):
+    """What is shown with a bag: the parent it is in, the bill it travels on, its children, its latest scans."""
+
+    parent_qr: str | None
+    bill: Bill | None
+    children: list[str]
+    scans: list
+
+
+def bag_record(session, user: User, bag: Bag, *, scans: int) -> BagRecord:
+    """A bag's page and ``/api/bags/<qr>``: its holders, its children (a parent's) and its ``scans`` latest scans."""
+    parent_qr, bill = holders_of(session, bag)
+    children = children_of(session, bag) if bag.kind == "parent" else []
+    return BagRecord(parent_qr, bill, children, scan_rows(session, user, limit=scans, bag=bag))
+
+
+def bill_no_of(session, parent: Bag) -> str | None:
+    """The number of the bill ``parent`` is loaded on, or None."""
+    return session.get(Bill, parent.bill_id).bill_no if parent.bill_id is not None else None
 
 
 def holders_of(session, bag: Bag) -> tuple[str | None, Bill | None]:
@@ -236,7 +291,7 @@ BILL_STATUSES = ("open", "closed", "cancelled")
 
 
 def bill_exists(session, bill_no: str) -> bool:
-    return session.scalar(select(Bill.id).where(Bill.bill_no == bill_no[:50])) is not None
+    return session.scalar(select(Bill.id).where(Bill.bill_no == bill_no[:BILL_NO_MAX_LENGTH])) is not None
 
 
 def bill_people(session, bill: Bill) -> dict:
@@ -295,9 +350,7 @@ def bill_page(session, *, limit: int, before: int | None = None, filters: BillFi
         statement = statement.where(Bill.created_at >= filters.first)
     if filters.end is not None:
         statement = statement.where(Bill.created_at < filters.end)
-    bills = list(session.scalars(statement))
-    next_before = bills[limit - 1].id if len(bills) > limit else None
-    return bills[:limit], next_before
+    return keyset_page(list(session.scalars(statement)), limit)
 
 
 def _destination_has_words(session, words: str):
@@ -326,6 +379,4 @@ def audit_page(session, *, limit: int, before: int | None = None):
     statement = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit + 1)
     if before is not None:
         statement = statement.where(AuditEntry.id < before)
-    entries = list(session.scalars(statement))
-    next_before = entries[limit - 1].id if len(entries) > limit else None
-    return entries[:limit], next_before
+    return keyset_page(list(session.scalars(statement)), limit)

@@ -21,8 +21,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from .access import area_scope, may_see_area
 from .audit import record
-from .codes import normalise, require_kind
-from .errors import Refusal
+from .codes import AREA_CODE_MAX_LENGTH, normalise, require_kind
+from .errors import PARENT_EMPTY_TO_CLOSE, PARENT_ON_BILL, Refusal
 from .ledger import (
     add_to_tally,
     count_scan,
@@ -115,7 +115,7 @@ def area_for_new_parent(session, user: User, area_code: str | None) -> int:
         raise Refusal("invalid_input", "Choose the area for this new parent bag.")
     area_id = session.scalar(select(DispatchArea.id).where(DispatchArea.code == code))
     if area_id is None:
-        raise Refusal("invalid_input", f"There is no dispatch area {code[:20]}.")
+        raise Refusal("invalid_input", f"There is no dispatch area {code[:AREA_CODE_MAX_LENGTH]}.")
     return area_id
 
 
@@ -505,7 +505,7 @@ def _refuse_unless_parent_takes_children(parent: Bag, child_qr: str, *, check_fu
     if parent.bill_id is not None:
         raise Refusal(
             "parent_on_bill",
-            f"Parent bag {parent.qr} is loaded on a bill; its contents cannot change.",
+            PARENT_ON_BILL.format(qr=parent.qr),
             qr=child_qr,
             parent=parent,
         )
@@ -533,7 +533,7 @@ def undo_last(session, user: User, raw_parent: str | None) -> Undo:
         if parent.bill_id is not None:
             raise Refusal(
                 "parent_on_bill",
-                f"Parent bag {parent.qr} is loaded on a bill; its contents cannot change.",
+                PARENT_ON_BILL.format(qr=parent.qr),
                 qr=parent.qr,
                 parent=parent,
             )
@@ -583,7 +583,7 @@ def close_parent(session, user: User, raw_qr: str | None) -> CloseShort:
         if parent.child_count == 0:
             raise Refusal(
                 "parent_empty",
-                f"Parent bag {parent.qr} is empty; there is nothing to close.",
+                PARENT_EMPTY_TO_CLOSE.format(qr=parent.qr),
                 qr=parent.qr,
                 parent=parent,
             )

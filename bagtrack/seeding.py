@@ -2,7 +2,7 @@
 
 Rows are generated in Python and streamed to the database in chunks
 (PostgreSQL ``COPY``, or multi-row inserts where ``COPY`` cannot run, see
-:func:`writer_for`; SQLite batched inserts), so memory stays flat whatever
+:func:`bagtrack.bulk.writer_for`; SQLite batched inserts), so memory stays flat whatever
 the size. Bag ids are reserved up front, so parents, children and scans
 reference one another without round trips; every counter is written already
 consistent with the rows, and the dashboard tally is then added to with one
@@ -12,7 +12,6 @@ set-based statement. The result passes :func:`bagtrack.invariants.find_violation
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import random
 import re
@@ -26,12 +25,13 @@ from typing import TypeVar
 
 from flask import current_app
 from sqlalchemy import insert, select, text
-from sqlalchemy.schema import AddConstraint, DropConstraint
 
-from . import accounts, cache, ledger, timeline
+from . import accounts, ledger, timeline
+from .bulk import writer_for
 from .errors import Refusal
 from .extensions import db
-from .models import TALLY_FIELDS, Bag, Bill, DispatchArea, Scan, User, utcnow
+from .figures import announce as announce_changed_figures
+from .models import OFFICE_TALLY, TALLY_FIELDS, Bill, DispatchArea, User, utcnow
 
 T = TypeVar("T")
 
@@ -49,7 +49,6 @@ MAX_BILL_CAPACITY = 500
 DUPLICATE_RATE = 0.22  # scanners double-fire
 REJECTED_RATE = 0.10
 CHUNK_ROWS = 20_000
-OFFICE_TALLY = 0  # bills belong to no area
 DESTINATIONS = ("Hamburg", "Rotterdam", "Antwerp", "Gdansk", "Lyon", "Milan", "Vienna", "Prague")
 
 BAG_COLUMNS = (
@@ -154,7 +153,7 @@ def seed(
     ones. Parent codes must match ``BAGTRACK_PARENT_QR``; when the default
     pattern has no room left the refusal says how to widen it. On PostgreSQL
     the bag and scan tables are locked, reads included, until the seed
-    commits (see :meth:`PostgresWriter.lock`), so run it while the floor is
+    commits (see :meth:`bagtrack.bulk.PostgresWriter.lock`), so run it while the floor is
     quiet. The session's own transaction is ended first. ``progress`` is
     called with the number of rows about to be written and returns the
     function that is then told each chunk's row count.
@@ -196,7 +195,7 @@ def seed(
                 advance(count)
         writer.finish()
         _add_to_tally(connection, first_bag_id, first_bag_id + plan.parents + plan.children - 1, bill_ids, scan_floor)
-    cache.announce(None, [*area_ids, OFFICE_TALLY])
+    announce_changed_figures(None, [*area_ids, OFFICE_TALLY])
     writer.analyze()
     return SeedReport(
         areas=area_codes,
@@ -520,129 +519,6 @@ def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
         producer.join()
 
 
-def writer_for(connection) -> PostgresWriter | PostgresInsertWriter | SqliteWriter:
-    """The writer for bulk rows on ``connection``: ``COPY`` on PostgreSQL when it can run, else inserts.
-
-    Under gevent (gunicorn's workers) psycopg2 has psycogreen's wait callback,
-    and ``COPY`` refuses to run with one. Setting the callback aside for the
-    ``COPY`` would block every request of the worker until it ends, so there
-    the rows go in with multi-row ``INSERT`` statements instead, which wait
-    cooperatively; only the command line (no callback) uses ``COPY``.
-    """
-    if connection.dialect.name != "postgresql":
-        return SqliteWriter(connection)
-    import psycopg2.extensions
-
-    if psycopg2.extensions.get_wait_callback() is not None:
-        return PostgresInsertWriter(connection)
-    return PostgresWriter(connection)
-
-
-class PostgresWriter:
-    """Streams rows with ``COPY ... FROM STDIN`` on the transaction's own connection."""
-
-    def __init__(self, connection):
-        self.connection = connection
-        self.cursor = connection.connection.dbapi_connection.cursor()
-
-    def lock(self) -> None:
-        """Take the tables for the seed and set their foreign keys aside until :meth:`finish`.
-
-        Writers wait until the seed commits, so the reserved id block and the
-        scan id floor stay ours and the tally counts exactly the new rows.
-        Checking five foreign keys per row as it arrives doubles the time of
-        the load; the constraints are dropped inside this transaction and
-        added back at the end, which validates every row with one join each.
-        """
-        self.connection.execute(text("LOCK TABLE bill, bag, scan IN SHARE ROW EXCLUSIVE MODE"))
-        for constraint in self.foreign_keys():
-            self.connection.execute(DropConstraint(constraint))
-
-    def finish(self) -> None:
-        """Add the foreign keys back; a row that breaks one fails the whole seed."""
-        for constraint in self.foreign_keys():
-            self.connection.execute(AddConstraint(constraint))
-
-    @staticmethod
-    def foreign_keys() -> list:
-        return [constraint for table in (Bag.__table__, Scan.__table__) for constraint in table.foreign_key_constraints]
-
-    def reserve_bag_ids(self, count: int) -> int:
-        sequence = self.connection.execute(text("SELECT pg_get_serial_sequence('bag', 'id')")).scalar_one()
-        first = self.connection.execute(text("SELECT nextval(:sequence)"), {"sequence": sequence}).scalar_one()
-        self.connection.execute(
-            text("SELECT setval(:sequence, :last)"), {"sequence": sequence, "last": first + count - 1}
-        )
-        return first
-
-    @staticmethod
-    def encode(chunk: tuple[str, tuple[str, ...], list[tuple]]) -> tuple[str, tuple[str, ...], int, str]:
-        """A chunk as COPY text: ``%s`` spells None 'None', the NULL marker ``write`` declares.
-
-        No value written (codes, reasons, numbers, timestamps, import messages) is the text 'None'
-        or holds a tab or a line break; backslashes, COPY's escape character, are doubled.
-        """
-        table, columns, rows = chunk
-        line = "\t".join(["%s"] * len(columns)) + "\n"
-        return table, columns, len(rows), "".join([line % row for row in rows]).replace("\\", "\\\\")
-
-    def write(self, table: str, columns: tuple[str, ...], payload: str) -> None:
-        self.cursor.copy_expert(
-            f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (NULL 'None')", io.StringIO(payload)
-        )
-
-    def analyze(self) -> None:
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(text("ANALYZE bag, bill, scan, tally"))
-
-
-class PostgresInsertWriter(PostgresWriter):
-    """Rows as multi-row ``INSERT`` statements: for connections that wait cooperatively, where ``COPY`` cannot run."""
-
-    PAGE_ROWS = 1000
-
-    @staticmethod
-    def encode(chunk: tuple[str, tuple[str, ...], list[tuple]]) -> tuple[str, tuple[str, ...], int, list[tuple]]:
-        table, columns, rows = chunk
-        return table, columns, len(rows), rows
-
-    def write(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        from psycopg2.extras import execute_values
-
-        execute_values(
-            self.cursor, f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s", rows, page_size=self.PAGE_ROWS
-        )
-
-
-class SqliteWriter:
-    """Batched ``executemany`` inserts; SQLite's write lock is held from the first statement."""
-
-    def __init__(self, connection):
-        self.connection = connection
-
-    def lock(self) -> None:
-        """``BEGIN IMMEDIATE`` (see ``bagtrack.database``) already holds the only write lock."""
-
-    def finish(self) -> None:
-        """Foreign keys were checked row by row: nothing is left to do."""
-
-    def reserve_bag_ids(self, count: int) -> int:
-        return self.connection.execute(text("SELECT coalesce(max(id), 0) + 1 FROM bag")).scalar_one()
-
-    @staticmethod
-    def encode(chunk: tuple[str, tuple[str, ...], list[tuple]]) -> tuple[str, tuple[str, ...], int, list[tuple]]:
-        table, columns, rows = chunk
-        return table, columns, len(rows), rows
-
-    def write(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        placeholders = ", ".join("?" for _ in columns)
-        self.connection.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
-
-    def analyze(self) -> None:
-        with db.engine.begin() as connection:
-            connection.execute(text("ANALYZE"))
-
-
 # The new rows' tally figures per area and UTC quarter hour; Python turns quarters into local days and hours.
 TALLY_FROM_NEW_ROWS = """
 SELECT area_id, quarter, sum(parents), sum(children), sum(parents_complete), sum(parents_billed),
@@ -657,15 +533,15 @@ FROM (
     FROM bag WHERE id BETWEEN :first_bag AND :last_bag
     GROUP BY area_id, {bag_quarter}
     UNION ALL
-    SELECT 0, {bag_quarter}, 0, 0, 0, 0,
+    SELECT {office}, {bag_quarter}, 0, 0, 0, 0,
            sum(CASE WHEN status = 'open' THEN 1 ELSE 0 END), sum(CASE WHEN status = 'closed' THEN 1 ELSE 0 END), 0, 0
     FROM bill WHERE id BETWEEN :first_bill AND :last_bill
     GROUP BY {bag_quarter}
     UNION ALL
-    SELECT coalesce(area_id, 0), {scan_quarter}, 0, 0, 0, 0, 0, 0,
+    SELECT coalesce(area_id, {office}), {scan_quarter}, 0, 0, 0, 0, 0, 0,
            sum(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END), sum(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END)
     FROM scan WHERE id > :scan_floor
-    GROUP BY coalesce(area_id, 0), {scan_quarter}
+    GROUP BY coalesce(area_id, {office}), {scan_quarter}
 ) AS seeded
 GROUP BY area_id, quarter
 """
@@ -678,7 +554,9 @@ def _add_to_tally(connection, first_bag: int, last_bag: int, bill_ids: list[int]
     """
     dialect = connection.dialect.name
     sql = TALLY_FROM_NEW_ROWS.format(
-        bag_quarter=timeline.quarter_sql(dialect, "created_at"), scan_quarter=timeline.quarter_sql(dialect, "at")
+        bag_quarter=timeline.quarter_sql(dialect, "created_at"),
+        scan_quarter=timeline.quarter_sql(dialect, "at"),
+        office=OFFICE_TALLY,
     )
     rows = connection.execute(
         text(sql),

@@ -6,8 +6,7 @@ from datetime import datetime
 
 from flask import current_app
 
-from .extensions import db
-from .models import Bag, Bill
+from .models import Bag, Bill, User
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -17,9 +16,8 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds") + "Z"
 
 
-def parent_json(parent: Bag, bill_no: str | None = None) -> dict:
-    if bill_no is None and parent.bill_id is not None:
-        bill_no = db.session.get(Bill, parent.bill_id).bill_no
+def parent_json(parent: Bag, bill_no: str | None) -> dict:
+    """A parent and the number of the bill it is loaded on (None: on none; see ``queries.bill_no_of``)."""
     return {
         "qr": parent.qr,
         "status": parent.status,
@@ -61,4 +59,14 @@ def scan_json(row) -> dict:
         "bill_no": row.bill_no,
         "user": row.username,
         "area": row.area_code,
+    }
+
+
+def user_json(user: User) -> dict:
+    return {
+        "username": user.username,
+        "role": user.role,
+        "area": user.area.code if user.area else None,
+        "active": user.active,
+        "locked_until": iso(user.locked_until) if user.is_locked() else None,
     }

@@ -7,23 +7,23 @@ from datetime import UTC, datetime
 from sqlalchemy import case, func, select
 
 from . import timeline
-from .models import Tally
+from .models import OFFICE_TALLY, Tally
 
 
-def dashboard_figures(session, area_id: int | None) -> dict:
-    """The figures of ``/api/stats`` for one area (``None``: all areas).
+def tally_figures(session, area_id: int | None) -> dict:
+    """The figures of ``/api/stats`` for one area (``None``: all areas), summed from the tally now.
 
     Bills belong to no area, so every user sees the same bill figures.
     """
     today = timeline.today()
 
     def total(column, *, only_today: bool = False):
-        condition = Tally.area_id != 0 if area_id is None else Tally.area_id == area_id
+        condition = Tally.area_id != OFFICE_TALLY if area_id is None else Tally.area_id == area_id
         if only_today:
             condition = condition & (Tally.day == today)
         return func.coalesce(func.sum(case((condition, column), else_=0)), 0)
 
-    bills = Tally.area_id == 0
+    bills = Tally.area_id == OFFICE_TALLY
     statement = select(
         total(Tally.parents),
         total(Tally.children),

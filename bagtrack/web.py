@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy.exc
-from flask import Flask, Request, abort, jsonify, render_template, request, session, url_for
+from flask import Flask, Request, jsonify, render_template, request, session, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
@@ -25,6 +25,8 @@ HTTP_CODES = {
     500: ("internal_error", "Something went wrong on our side; the error is logged. Try again in a moment."),
     503: ("unavailable", "The service is busy; try again in a few seconds."),
 }
+# For an answer shown once and never again (a generated password, recovery codes): no cache keeps it.
+ONCE_HEADERS = {"Cache-Control": "no-store"}
 # Seconds a client should wait after a 503 (the pool and connect timeouts are a few seconds).
 RETRY_AFTER_S = 5
 
@@ -54,14 +56,23 @@ def wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
+def positive_int_arg(name: str, default: int | None = None, maximum: int | None = None) -> int | None:
+    """The query argument ``name`` as a positive whole number (at most ``maximum``), ``default`` when absent.
+
+    Anything else is ``invalid_input`` (a 400).
+    """
+    raw = request.args.get(name, "")
+    if raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
+        raise Refusal("invalid_input", f"{name} must be a positive whole number.")
+    value = int(raw)
+    return min(value, maximum) if maximum else value
+
+
 def before_arg() -> int | None:
     """The keyset cursor ``?before=`` of a list page: a positive id or None; anything else is a 400."""
-    raw = request.args.get("before", "")
-    if raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
-        abort(400, "'before' must be a positive whole number.")
-    return int(raw)
+    return positive_int_arg("before")
 
 
 def page_to_return_to() -> str | None:

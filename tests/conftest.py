@@ -1,5 +1,6 @@
 """Fixtures in the flaskr style: ``app``, ``client``, ``runner``, plus
-``login_as`` and factories for areas, users, bags and bills.
+``login_as``, factories for areas, users, bags and bills, and shared roles
+(``biller``). Helpers that are not fixtures live in ``helpers.py``.
 
 Tests run on PostgreSQL when ``DATABASE_URL`` is set (in a database of their
 own, ``<name>_pytest``, created fresh for the run) and on a SQLite file
@@ -15,12 +16,10 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import uuid
 
 import pytest
-from flask import g, has_app_context
-from flask.testing import FlaskClient
+from helpers import PASSWORD, BagtrackClient, log_in
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from werkzeug.security import generate_password_hash
@@ -31,11 +30,8 @@ from bagtrack.config import with_psycopg2
 from bagtrack.extensions import db
 from bagtrack.models import Bag, Bill, DispatchArea, User
 
-PASSWORD = "secret-pass"
 # A cheap hash keeps the suite fast; real users get werkzeug's default.
 PASSWORD_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
-JSON = {"Accept": "application/json"}
-CSRF_META = re.compile(r'name="csrf-token" content="([^"]+)"')
 
 DATABASE_URL = os.environ.get("DATABASE_URL")
 REDIS_URL = os.environ.get("REDIS_URL")
@@ -171,29 +167,6 @@ def _empty_tables():
     forget_signed_in()
 
 
-class BagtrackClient(FlaskClient):
-    """A test client that sends the session's CSRF token with every POST once it has one."""
-
-    csrf_token: str | None = None
-
-    def open(self, *args, **kwargs):
-        if self.csrf_token and kwargs.get("method", "GET") not in ("GET", "HEAD", "OPTIONS"):
-            headers = dict(kwargs.pop("headers", None) or {})
-            headers.setdefault("X-CSRFToken", self.csrf_token)
-            kwargs["headers"] = headers
-        # Requests run in the test's app context (sharing its database session); each
-        # still starts with an empty ``g``, as in production: no user or CSRF token
-        # cached by an earlier request or another client.
-        if has_app_context():
-            vars(g._get_current_object()).clear()
-        return super().open(*args, **kwargs)
-
-    def fetch_csrf_token(self) -> str:
-        page = self.get("/login")
-        self.csrf_token = CSRF_META.search(page.get_data(as_text=True)).group(1)
-        return self.csrf_token
-
-
 @pytest.fixture
 def client(app):
     app.test_client_class = BagtrackClient
@@ -203,26 +176,6 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
-
-
-def new_client(app, address: str | None = None) -> BagtrackClient:
-    """A client of ``app`` holding a CSRF token, coming from ``address`` when given."""
-    app.test_client_class = BagtrackClient
-    client = app.test_client()
-    if address is not None:
-        client.environ_base["REMOTE_ADDR"] = address
-    client.fetch_csrf_token()
-    return client
-
-
-def log_in(app, user: User | str, address: str | None = None) -> BagtrackClient:
-    """A client of ``app`` logged in as ``user`` (or a username) through the real login form."""
-    client = new_client(app, address)
-    username = user if isinstance(user, str) else user.username
-    response = client.post("/login", data={"username": username, "password": PASSWORD})
-    assert response.status_code == 303, response.get_data(as_text=True)
-    client.fetch_csrf_token()
-    return client
 
 
 @pytest.fixture
@@ -302,3 +255,9 @@ def make_bill(app, make_user):
         )
 
     return make
+
+
+@pytest.fixture
+def biller(make_user):
+    """A biller of no area, as a user row (modules that need a logged-in biller define their own)."""
+    return make_user("boss", "biller", None)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-from conftest import CSRF_META, JSON
+from helpers import CSRF_META, JSON
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 

@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-import conftest
+import helpers
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient, log_in
+from helpers import JSON, PASSWORD, BagtrackClient, log_in
 from sqlalchemy import select
 
 from bagtrack import accounts, billing, scanning
@@ -173,7 +173,7 @@ def test_every_route_has_a_row(app):
 
 
 def new_client(app, address: str = FLOOR_ADDRESS) -> BagtrackClient:
-    return conftest.new_client(app, address)
+    return helpers.new_client(app, address)
 
 
 def logged_in(app, username: str, address: str = FLOOR_ADDRESS) -> BagtrackClient:

@@ -7,7 +7,7 @@ import time
 
 import pyotp
 import pytest
-from conftest import JSON, PASSWORD, log_in, new_client
+from helpers import JSON, PASSWORD, log_in, new_client
 from sqlalchemy import select
 
 from bagtrack import accounts, config, twofactor

@@ -6,11 +6,10 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import PASSWORD
+from helpers import PASSWORD, refused
 from sqlalchemy import select, update
 
 from bagtrack import accounts
-from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, DispatchArea, User, utcnow
 
@@ -30,12 +29,6 @@ def login_refused(username: str, password: str) -> str:
 def fresh_user(username: str) -> User:
     db.session.expire_all()
     return db.session.scalars(select(User).where(User.username == username)).one()
-
-
-def refused(call, *args, **kwargs) -> Refusal:
-    with pytest.raises(Refusal) as caught:
-        call(db.session, *args, **kwargs)
-    return caught.value
 
 
 def locked_message(user: User) -> str:
@@ -205,7 +198,7 @@ def test_reset_password_refuses_a_short_password(worker, admin):
 
 def test_create_user_normalises_the_name_and_audits(admin, make_area):
     make_area("NORTH")
-    user = accounts.create_user(
+    user, _ = accounts.create_user(
         db.session, admin, " New.Worker ", "dispatcher", area_code="north", password="long-enough"
     )
     assert (user.username, user.role, user.area.code, user.active) == ("new.worker", "dispatcher", "NORTH", True)
@@ -222,7 +215,7 @@ def test_create_user_normalises_the_name_and_audits(admin, make_area):
         ("", "biller", None, None, "A username is 1 to 64 of a-z, 0-9, '.', '_' and '-'."),
         ("x" * 65, "biller", None, None, "A username is 1 to 64 of a-z, 0-9, '.', '_' and '-'."),
         ("ann", "boss", None, None, "Role must be one of dispatcher, biller, admin, not 'boss'."),
-        ("ann", "dispatcher", None, None, "A dispatcher needs a dispatch area (--area CODE)."),
+        ("ann", "dispatcher", None, None, "A dispatcher needs a dispatch area."),
         ("ann", "dispatcher", "WEST", None, "There is no dispatch area 'WEST'."),
         ("ann", "biller", None, "short", "A password has at least 10 characters."),
         ("ann", "biller", None, "password1234", "That password is too common to be safe: choose another."),
@@ -237,8 +230,8 @@ def test_create_user_rules(admin, make_area, username, role, area, password, mes
 
 
 def test_a_generated_password_is_never_empty(admin):
-    user = accounts.create_user(db.session, admin, "ann", "biller")
-    assert user.password_hash and not user.check_password("")
+    user, password = accounts.create_user(db.session, admin, "ann", "biller")
+    assert password and user.check_password(password) and not user.check_password("")
 
 
 def test_set_role_and_area_end_sessions(worker, admin, make_area):

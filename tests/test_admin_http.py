@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import JSON, PASSWORD
+from helpers import JSON, PASSWORD, post_login, user_row
 from sqlalchemy import select
 
 from bagtrack.extensions import db
@@ -15,11 +15,6 @@ from bagtrack.models import AuditEntry, DispatchArea, User, utcnow
 @pytest.fixture
 def admin(make_user, login_as):
     return login_as(make_user("boss", role="admin", area=None))
-
-
-def user_row(username: str) -> User:
-    db.session.expire_all()
-    return db.session.scalar(select(User).where(User.username == username))
 
 
 def audit_actions(target: str) -> list[str]:
@@ -32,11 +27,6 @@ def changed(user: User, **fields) -> User:
         setattr(user, name, value)
     db.session.commit()
     return user
-
-
-def log_in(client, username: str, password: str):
-    client.fetch_csrf_token()
-    return client.post("/login", data={"username": username, "password": password})
 
 
 ADMIN_ROUTES = [
@@ -96,7 +86,7 @@ def test_create_user_with_a_password(admin, client, make_area):
     ana = user_row("ana")
     assert (ana.role, ana.area.code) == ("dispatcher", "NORTH")
     assert "long-enough-1" not in ana.password_hash
-    assert log_in(client, "ana", "long-enough-1").status_code == 303
+    assert post_login(client, "ana", "long-enough-1").status_code == 303
     assert audit_actions("ana") == ["user.create"]
 
 
@@ -110,7 +100,7 @@ def test_create_user_without_a_password_shows_a_generated_one_once(admin, client
     assert password not in user_row("bob").password_hash
     assert password not in admin.get("/admin/").get_data(as_text=True)
     assert password not in (db.session.scalar(select(AuditEntry.after).where(AuditEntry.target == "bob")) or "")
-    assert log_in(client, "bob", password).status_code == 303
+    assert post_login(client, "bob", password).status_code == 303
 
 
 def test_create_user_as_json_returns_the_generated_password(admin, client):
@@ -119,7 +109,7 @@ def test_create_user_as_json_returns_the_generated_password(admin, client):
     body = response.get_json()
     assert body["ok"] is True
     assert body["user"] == {"username": "carl", "role": "admin", "area": None, "active": True, "locked_until": None}
-    assert log_in(client, "carl", body["password"]).status_code == 303
+    assert post_login(client, "carl", body["password"]).status_code == 303
     chosen = admin.post(
         "/admin/users", data={"username": "dora", "role": "biller", "password": "chosen-pass"}, headers=JSON
     )
@@ -197,23 +187,23 @@ def test_disabling_a_user_ends_their_existing_session(admin, make_user, login_as
     gone = office.get("/bills")
     assert gone.status_code == 302 and "/login" in gone.headers["Location"]
     assert office.get("/bills", headers=JSON).status_code == 401
-    assert log_in(office, "office", PASSWORD).status_code == 401
+    assert post_login(office, "office", PASSWORD).status_code == 401
 
     assert admin.post("/admin/users/office/enable", headers=JSON).get_json()["user"]["active"] is True
-    assert log_in(office, "office", PASSWORD).status_code == 303
+    assert post_login(office, "office", PASSWORD).status_code == 303
     assert audit_actions("office") == ["user.disable", "user.enable"]
 
 
 def test_unlocking_a_locked_user(admin, make_user, client):
     guesser = make_user("guesser", role="biller", area=None)
     changed(guesser, failed_logins=5, locked_until=utcnow() + timedelta(minutes=15))
-    assert log_in(client, "guesser", PASSWORD).status_code == 401
+    assert post_login(client, "guesser", PASSWORD).status_code == 401
     response = admin.post("/admin/users/guesser/unlock")
     assert response.status_code == 303
     assert "guesser is unlocked." in admin.get("/admin/").get_data(as_text=True)
     guesser = user_row("guesser")
     assert (guesser.locked_until, guesser.failed_logins) == (None, 0)
-    assert log_in(client, "guesser", PASSWORD).status_code == 303
+    assert post_login(client, "guesser", PASSWORD).status_code == 303
     assert audit_actions("guesser") == ["user.unlock"]
 
 
@@ -226,8 +216,8 @@ def test_reset_password_shows_a_new_one_once_and_ends_sessions(admin, make_user,
     password = html.split('<code class="password">')[1].split("</code>")[0]
     assert password not in admin.get("/admin/").get_data(as_text=True)
     assert office.get("/bills", headers=JSON).status_code == 401
-    assert log_in(client, "office", PASSWORD).status_code == 401
-    assert log_in(client, "office", password).status_code == 303
+    assert post_login(client, "office", PASSWORD).status_code == 401
+    assert post_login(client, "office", password).status_code == 303
     body = admin.post("/admin/users/office/reset-password", headers=JSON).get_json()
     assert body["ok"] is True and body["password"] != password
     assert audit_actions("office") == ["user.reset_password", "user.reset_password"]

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import refused
 from sqlalchemy import func, select
 from test_scanning import counter_mismatches, figures_without_time, fresh_bag, last_scan, recount_figures
 
 from bagtrack import billing, scanning, stats
-from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, Bag, Bill, Scan
-
-
-def refused(call, *args, **kwargs) -> Refusal:
-    with pytest.raises(Refusal) as caught:
-        call(db.session, *args, **kwargs)
-    return caught.value
 
 
 def fresh_bill(bill_no: str) -> Bill:
@@ -27,11 +21,6 @@ def fresh_bill(bill_no: str) -> Bill:
 
 def audit_actions() -> list[str]:
     return list(db.session.scalars(select(AuditEntry.action).order_by(AuditEntry.id)))
-
-
-@pytest.fixture
-def biller(make_user):
-    return make_user("boss", "biller", None)
 
 
 def new_bill(biller, bill_no: str = "B-1", capacity: int = 10, **fields) -> Bill:
@@ -61,7 +50,7 @@ def test_create_bill_normalises_and_stores_the_fields(biller):
     entry = db.session.scalars(select(AuditEntry)).one()
     assert (entry.action, entry.target, entry.actor) == ("bill.create", "BILL-2024-07", "boss")
     assert json.loads(entry.after)["status"] == "open"
-    assert stats.dashboard_figures(db.session, None)["bills"] == {"open": 1, "closed": 0}
+    assert stats.tally_figures(db.session, None)["bills"] == {"open": 1, "closed": 0}
 
 
 @pytest.mark.parametrize("bill_no", ["", "B 1", "B_1", "A" * 51, "B\uff11"])
@@ -322,13 +311,13 @@ def test_close_and_reopen_a_bill(biller, make_parent):
     bill = fresh_bill("B-1")
     assert bill.status == "closed" and bill.closed_at is not None
     assert billing.close_bill(db.session, biller, "B-1").duplicate is True
-    assert stats.dashboard_figures(db.session, None)["bills"] == {"open": 0, "closed": 1}
+    assert stats.tally_figures(db.session, None)["bills"] == {"open": 0, "closed": 1}
 
     assert billing.reopen_bill(db.session, biller, "B-1").duplicate is False
     bill = fresh_bill("B-1")
     assert bill.status == "open" and bill.closed_at is None
     assert billing.reopen_bill(db.session, biller, "B-1").duplicate is True
-    assert stats.dashboard_figures(db.session, None)["bills"] == {"open": 1, "closed": 0}
+    assert stats.tally_figures(db.session, None)["bills"] == {"open": 1, "closed": 0}
     assert audit_actions() == ["bill.create", "bill.load_parent", "bill.close", "bill.reopen"]
     close_entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "bill.close")).one()
     assert json.loads(close_entry.before)["status"] == "open"
@@ -364,4 +353,4 @@ def test_bill_counters_and_dashboard_equal_recounts(biller, make_parent):
     assert (fresh_bill("B-1").parent_count, fresh_bill("B-1").child_count) == (2, 33)
     assert (fresh_bill("B-2").parent_count, fresh_bill("B-2").child_count) == (2, 6)
     assert counter_mismatches(db.session) == []
-    assert figures_without_time(stats.dashboard_figures(db.session, None)) == recount_figures(db.session)
+    assert figures_without_time(stats.tally_figures(db.session, None)) == recount_figures(db.session)

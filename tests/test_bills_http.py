@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import JSON
+from helpers import JSON, refused_http
 from sqlalchemy import func, select
 
 from bagtrack.extensions import db
@@ -25,12 +25,8 @@ def load(client, bill_no, qr, headers=JSON, confirm="1"):
     return client.post(f"/bills/{bill_no}/parents", data=form, headers=headers)
 
 
-def refused(response, status, code):
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert body["ok"] is False and body["error"] == code, body
-    assert body["message"]
-    return body["message"]
+def refused(response, status, code) -> str:
+    return refused_http(response, status, code)["message"]
 
 
 # Creating bills

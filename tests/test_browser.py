@@ -14,7 +14,7 @@ import shutil
 import threading
 
 import pytest
-from conftest import PASSWORD
+from helpers import PASSWORD
 from werkzeug.serving import make_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -8,7 +8,7 @@ import time
 
 import pyotp
 import pytest
-from conftest import PASSWORD
+from helpers import PASSWORD
 from test_browser import browser, expect, live_server, log_in, pytestmark  # noqa: F401 (fixtures, marks)
 
 SCREENS = {"handheld": {"width": 360, "height": 740}, "desktop": {"width": 1280, "height": 800}}

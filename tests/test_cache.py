@@ -9,12 +9,11 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from conftest import JSON, log_in
+from helpers import JSON, log_in
 from prometheus_client import REGISTRY
 from sqlalchemy import event
 
-from bagtrack import cache as figures
-from bagtrack import stats
+from bagtrack import figures, stats
 from bagtrack.extensions import cache, db
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
@@ -185,14 +184,14 @@ def test_each_worker_reuses_the_figures_it_read_for_a_moment(make_app, make_user
 
 def slow_counted(monkeypatch, seconds: float) -> list:
     calls = []
-    original = stats.dashboard_figures
+    original = stats.tally_figures
 
     def counted(session, area_id):
         calls.append(area_id)
         time.sleep(seconds)
         return original(session, area_id)
 
-    monkeypatch.setattr(stats, "dashboard_figures", counted)
+    monkeypatch.setattr(stats, "tally_figures", counted)
     return calls
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import post_login, user_row
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
@@ -14,16 +15,6 @@ from bagtrack.models import DispatchArea, User
 
 GENERATED = re.compile(r"\(shown once\): (\S+)")
 BOOTSTRAP = re.compile(r"^Created admin user 'admin' with password: (\S+) — shown once, change it\.$", re.MULTILINE)
-
-
-def user_row(username: str) -> User:
-    db.session.expire_all()
-    return db.session.scalar(select(User).where(User.username == username))
-
-
-def log_in(client, username: str, password: str):
-    client.fetch_csrf_token()
-    return client.post("/login", data={"username": username, "password": password})
 
 
 def test_areas_add_and_list(runner):
@@ -70,7 +61,7 @@ def test_users_create_dispatcher_needs_an_area(runner):
     result = runner.invoke(args=["users", "create", "ana", "--role", "dispatcher", "--password", "long-enough-1"])
 
     assert result.exit_code == 1
-    assert result.output == "Error: A dispatcher needs a dispatch area (--area CODE).\n"
+    assert result.output == "Error: A dispatcher needs a dispatch area. Give it with --area CODE.\n"
     assert user_row("ana") is None
 
 
@@ -123,7 +114,7 @@ def test_users_disable_ends_logging_in(runner, make_user, client):
 
     assert result.output == "worker is disabled.\n"
     assert user_row("worker").active is False
-    refused = log_in(client, "worker", "secret-pass")
+    refused = post_login(client, "worker", "secret-pass")
     assert refused.status_code == 401
     assert "This account is disabled." in refused.get_data(as_text=True)
 
@@ -163,7 +154,7 @@ def test_bootstrap_creates_the_admin_once_with_a_random_password(runner, client)
     assert "Created dispatch area MAIN.\n" in first.output
     password = BOOTSTRAP.search(first.output).group(1)
     assert len(password) >= 12
-    assert log_in(client, "admin", password).status_code == 303
+    assert post_login(client, "admin", password).status_code == 303
 
     second = runner.invoke(args=["bootstrap"])
 
@@ -250,3 +241,14 @@ def test_commands_on_an_unmigrated_database_say_to_upgrade(make_app, tmp_path):
     )
     assert seeded.exit_code == 1
     assert seeded.output.startswith("Error: the database refused the seed (no such table: bag)")
+
+
+def test_users_set_role_to_dispatcher_without_an_area_names_the_command_that_helps(runner, make_user):
+    make_user("office", role="biller", area=None)
+
+    result = runner.invoke(args=["users", "set-role", "office", "dispatcher"])
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: Give office an area before making them a dispatcher. Set it with: users set-area office AREA_CODE\n"
+    )

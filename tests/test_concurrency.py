@@ -85,7 +85,7 @@ def thread_user(user_id: int) -> User:
 def assert_consistent() -> None:
     db.session.expire_all()
     assert counter_mismatches(db.session) == []
-    assert figures_without_time(stats.dashboard_figures(db.session, None)) == recount_figures(db.session)
+    assert figures_without_time(stats.tally_figures(db.session, None)) == recount_figures(db.session)
     # Every child is in at most one parent, and every packed child's parent exists.
     orphans = db.session.scalar(
         select(func.count())
@@ -100,11 +100,6 @@ def assert_consistent() -> None:
 def big_app(make_app):
     """An app whose pool holds one connection per thread of these tests."""
     return make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 55, "max_overflow": 0, "pool_timeout": 20})
-
-
-@pytest.fixture
-def biller(make_user):
-    return make_user("boss", "biller", None)
 
 
 def test_fifty_scanners_on_one_parent_never_exceed_its_capacity(big_app, make_user, make_parent):
@@ -316,5 +311,5 @@ def test_many_scanners_creating_different_parents_do_not_deadlock(big_app, make_
 
     outcomes = run_together(big_app, [create(operator.id, index * 4) for index, operator in enumerate(operators)])
     assert all(scan.created for per_thread in outcomes for scan in per_thread)
-    assert stats.dashboard_figures(db.session, None)["bags"]["parents"] == 48
+    assert stats.tally_figures(db.session, None)["bags"]["parents"] == 48
     assert_consistent()

@@ -111,10 +111,10 @@ def test_a_dispatcher_may_correct_nothing_outside_their_area(make_user, make_par
 def test_reopening_a_parent_closed_short(office, make_parent, make_bill):
     make_parent("SB10001", children=2)
     scanning.close_parent(db.session, office, "SB10001")
-    before = stats.dashboard_figures(db.session, None)["parents"]["complete"]
+    before = stats.tally_figures(db.session, None)["parents"]["complete"]
     result = corrections.reopen_parent(db.session, office, "SB10001", "closed by mistake")
     assert (result.parent.status, result.duplicate) == ("open", False)
-    assert stats.dashboard_figures(db.session, None)["parents"]["complete"] == before - 1
+    assert stats.tally_figures(db.session, None)["parents"]["complete"] == before - 1
     assert last_audit()[0] == "parent.reopen" and last_audit()[2]["reason"] == "closed by mistake"
     assert corrections.reopen_parent(db.session, office, "SB10001", "again").duplicate is True
     assert_invariants()
@@ -134,12 +134,12 @@ def test_deleting_an_empty_parent_or_a_loose_child_keeps_their_scan_log(admin, m
     filled = make_parent("SB10002", children=1)
     child = queries.children_of(db.session, filled)[0]
     corrections.remove_child(db.session, admin, "SB10002", child, "spare label")
-    figures = stats.dashboard_figures(db.session, None)["bags"]
+    figures = stats.tally_figures(db.session, None)["bags"]
     scans = db.session.query(Scan).count()
     assert corrections.delete_bag(db.session, admin, "sb10001", "label printed twice") == "SB10001"
     assert corrections.delete_bag(db.session, admin, child, "never used") == child
     assert bag("SB10001") is None and bag(child) is None
-    assert stats.dashboard_figures(db.session, None)["bags"] == {
+    assert stats.tally_figures(db.session, None)["bags"] == {
         "parents": figures["parents"] - 1,
         "children": figures["children"] - 1,
     }
@@ -185,11 +185,11 @@ def test_cancelling_a_bill_unloads_its_parents_and_freezes_it(office, make_paren
     for qr, area in (("SB10001", "NORTH"), ("SB20001", "SOUTH")):
         make_parent(qr, area=area, children=2)
         billing.load_parent(db.session, office, "B-1", qr, confirmed=True)
-    billed = stats.dashboard_figures(db.session, None)["parents"]["billed"]
+    billed = stats.tally_figures(db.session, None)["parents"]["billed"]
     change = billing.cancel_bill(db.session, office, "B-1", "truck did not come")
     assert (change.bill.status, change.bill.parent_count, change.bill.child_count) == ("cancelled", 0, 0)
     assert bag("SB10001").bill_id is None and bag("SB20001").bill_id is None
-    figures = stats.dashboard_figures(db.session, None)
+    figures = stats.tally_figures(db.session, None)
     assert figures["parents"]["billed"] == billed - 2
     assert figures["bills"]["open"] == 0
     action, target, after = last_audit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import JSON
+from helpers import JSON
 from sqlalchemy import select
 
 from bagtrack import billing

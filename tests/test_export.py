@@ -6,7 +6,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 
-from conftest import JSON
+from helpers import JSON
 from openpyxl import load_workbook
 from sqlalchemy import select, update
 

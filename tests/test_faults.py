@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from conftest import JSON, PASSWORD, BagtrackClient, log_in
+from helpers import JSON, PASSWORD, BagtrackClient, log_in
 from redis import Redis
 from servers import Gunicorn, RedisServer, free_port, http_login, redis_server, scratch_database
 from sqlalchemy import create_engine, event, func, select, text
@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
 from sqlalchemy.pool import NullPool
 
-from bagtrack import cache as figures
+from bagtrack import figures
 from bagtrack.extensions import db, limiter
 from bagtrack.invariants import find_violations
 from bagtrack.ledger import in_transaction, log_scan

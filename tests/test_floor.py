@@ -118,7 +118,7 @@ def test_unknown_time_zone_stops_the_start(monkeypatch):
 
 def _http_login(base: str, username: str):
     import requests
-    from conftest import CSRF_META, JSON, PASSWORD
+    from helpers import CSRF_META, JSON, PASSWORD
 
     session = requests.Session()
     token = CSRF_META.search(session.get(f"{base}/login", timeout=5).text).group(1)
@@ -138,7 +138,7 @@ def _http_login(base: str, username: str):
 @pytest.mark.slow
 def test_reports_through_gunicorn_in_local_time(make_app, database_url, tmp_path):
     """Scans through the real server land in the operator report of the local day, in Kolkata."""
-    from conftest import PASSWORD
+    from helpers import PASSWORD
     from servers import Gunicorn, scratch_database
     from sqlalchemy.engine import make_url
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD
+from helpers import PASSWORD
 from servers import Gunicorn, scratch_database
 from sqlalchemy import create_engine, select, text
 from test_browser import CHROMIUM, expect, log_in, scan

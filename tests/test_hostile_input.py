@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, quote_from_bytes, unquote, urlsplit
 
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient
+from helpers import JSON, PASSWORD, BagtrackClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select

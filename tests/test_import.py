@@ -7,13 +7,13 @@ import io
 import zipfile
 
 import pytest
-from conftest import JSON, PASSWORD, log_in
+from helpers import JSON, PASSWORD, log_in
 from openpyxl import Workbook
 from servers import Gunicorn, http_login
 from sqlalchemy import func, select
 
 from bagtrack import billing, importing, stats
-from bagtrack.exports import views as exports_views
+from bagtrack.admin import views as admin_views
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
 from bagtrack.models import AuditEntry, Bag, Bill, Scan, User
@@ -121,7 +121,7 @@ def test_import_bags_imports_good_rows_and_reports_each_bad_row(runner, tmp_path
     imported_children = ["C2000001", "C2000002", "C2000003", "C2000004", "C2000008"]
     assert count(Scan, Scan.kind == "child", Scan.outcome == "ok", Scan.qr.in_(imported_children)) == 4
     assert find_violations(db.session) == []
-    figures = stats.dashboard_figures(db.session, None)
+    figures = stats.tally_figures(db.session, None)
     assert figures["bags"] == {"parents": 4, "children": 2 + 5}
     assert figures["scans"]["total"] == count(Scan, Scan.outcome == "ok")
     entry = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "import.bags")).one()
@@ -143,7 +143,7 @@ def test_import_fills_parents_to_capacity_and_refuses_the_rest(runner, tmp_path,
     assert (bag("SB10001").status, bag("SB10001").child_count) == ("complete", 30)
     assert (bag("SB30001").status, bag("SB30001").child_count) == ("complete", 30)
     assert find_violations(db.session) == []
-    assert stats.dashboard_figures(db.session, None)["parents"] == {"open": 0, "complete": 2, "billed": 0}
+    assert stats.tally_figures(db.session, None)["parents"] == {"open": 0, "complete": 2, "billed": 0}
 
 
 def test_import_bags_from_xlsx_reads_numbers_as_codes(runner, tmp_path, make_area):
@@ -256,7 +256,7 @@ def test_import_bills_loads_parents_with_the_loading_rules(runner, tmp_path, mak
     assert bag("SB70001").bill_id == first.id and bag("SB70004").bill_id is None
     assert count(Scan, Scan.kind == "load", Scan.bill_id.in_([first.id, closed.id]), Scan.user_id.is_(None)) == 3
     assert find_violations(db.session) == []
-    figures = stats.dashboard_figures(db.session, None)
+    figures = stats.tally_figures(db.session, None)
     assert figures["bills"] == {"open": 3, "closed": 1}
     assert figures["parents"]["billed"] == 4
 
@@ -314,7 +314,7 @@ def test_import_page_is_for_admins_and_refuses_a_bad_upload(login_as, make_user)
 def test_a_bulk_import_checks_foreign_keys_once_and_stays_consistent(runner, tmp_path, make_parent, monkeypatch):
     make_parent("SB10001", children=1)
     # Big imports set the foreign keys aside while they write; here every import counts as big.
-    monkeypatch.setattr(importing, "BULK_ROWS", 1)
+    monkeypatch.setattr(importing.bags, "BULK_ROWS", 1)
     rows = ["SB90001,parent,NORTH,\n"] + [f"C90000{number:02d},child,,SB90001\n" for number in range(30)]
     path = write(tmp_path, "bulk.csv", BAG_HEADER + "".join(rows) + "C9100001,child,,SB10001\n")
 
@@ -324,7 +324,7 @@ def test_a_bulk_import_checks_foreign_keys_once_and_stays_consistent(runner, tmp
     reload()
     assert (bag("SB90001").status, bag("SB10001").child_count) == ("complete", 2)
     assert find_violations(db.session) == []
-    assert stats.dashboard_figures(db.session, None)["bags"] == {"parents": 2, "children": 32}
+    assert stats.tally_figures(db.session, None)["bags"] == {"parents": 2, "children": 32}
 
 
 def xlsx_bytes(rows: list[tuple]) -> bytes:
@@ -382,7 +382,7 @@ def test_an_unexpected_failure_answers_500_with_an_internal_error_code(make_app,
         def broken(*args, **kwargs):
             raise RuntimeError("the import broke")
 
-        monkeypatch.setitem(exports_views.IMPORTERS, "bags", broken)
+        monkeypatch.setitem(admin_views.IMPORTERS, "bags", broken)
         answer = admin.post("/admin/import", data=csv_upload(BAG_HEADER), headers=JSON)
         page = admin.post("/admin/import", data=csv_upload(BAG_HEADER), content_type="multipart/form-data")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import io
 import uuid
 
-import conftest
+import helpers
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient, log_in
 from flask import request
+from helpers import JSON, PASSWORD, BagtrackClient, log_in
 from prometheus_client import REGISTRY
 
 from bagtrack.extensions import limiter
@@ -37,7 +37,7 @@ def limited_app(make_app):
 
 
 def new_client(app, address: str = "10.0.0.1") -> BagtrackClient:
-    return conftest.new_client(app, address)
+    return helpers.new_client(app, address)
 
 
 def logged_in(app, user, address: str = "10.0.0.1") -> BagtrackClient:

@@ -8,7 +8,7 @@ import time
 import pyotp
 import pytest
 import requests
-from conftest import CSRF_META, PASSWORD
+from helpers import CSRF_META, PASSWORD
 from servers import Gunicorn
 
 # Each request on a new connection, so both workers answer some of them.

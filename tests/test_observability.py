@@ -8,9 +8,9 @@ import logging
 import re
 
 import pytest
-from conftest import PASSWORD, BagtrackClient
 from flask import g
 from flask_login import login_required
+from helpers import PASSWORD, BagtrackClient
 
 from bagtrack.observability import JsonFormatter
 

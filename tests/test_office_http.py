@@ -6,7 +6,7 @@ import re
 import threading
 
 import pytest
-from conftest import JSON, PASSWORD
+from helpers import JSON, PASSWORD
 
 from bagtrack import billing, queries
 from bagtrack.extensions import db
@@ -216,6 +216,17 @@ def test_a_child_shows_the_bill_of_its_parent(login_as, office_floor):
     assert "B-7" in floor.get(f"/bags/{child}").get_data(as_text=True)
     assert 'href="/bills/B-7"' in office.get(f"/bags/{child}").get_data(as_text=True)
     assert login_as("floor").get(f"/api/bags/{children('SB20001')[0]}").status_code == 404
+
+
+def test_the_last_page_of_the_scan_log_has_no_cursor(login_as, office_floor):
+    office = login_as("office")
+    scans = db.session.query(Scan).count()
+    whole = office.get(f"/api/scans?limit={scans}").get_json()
+    one_short = office.get(f"/api/scans?limit={scans - 1}").get_json()
+    assert (len(whole["scans"]), whole["next_before"]) == (scans, None)
+    assert one_short["next_before"] == one_short["scans"][-1]["id"]
+    rest = office.get(f"/api/scans?limit={scans}&before={one_short['next_before']}").get_json()
+    assert (len(rest["scans"]), rest["next_before"]) == (1, None)
 
 
 def test_scan_log_filters(login_as, office_floor):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient, log_in
+from helpers import JSON, PASSWORD, BagtrackClient, log_in
 from sqlalchemy import event, text
 
 from bagtrack import observability

@@ -38,7 +38,7 @@ def old_floor(make_parent, make_user):
 
 
 def figures() -> dict:
-    shown = stats.dashboard_figures(db.session, None)
+    shown = stats.tally_figures(db.session, None)
     shown.pop("generated_at")
     return shown
 

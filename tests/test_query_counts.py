@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
-from conftest import JSON
+from helpers import JSON
 from sqlalchemy import event
 
 from bagtrack import billing

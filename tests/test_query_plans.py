@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-from conftest import JSON, BagtrackClient
 from flask_migrate import upgrade
+from helpers import JSON, BagtrackClient
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 

@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from conftest import PASSWORD, log_in
+from helpers import PASSWORD, log_in
 from servers import Gunicorn, fetch
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import make_url

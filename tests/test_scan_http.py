@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from conftest import JSON
+from helpers import JSON, refused_http
 from sqlalchemy import select, update
 
 from bagtrack import billing
@@ -39,14 +39,6 @@ def scan_child(client, parent: str, qr: str, **extra):
     return client.post("/scan/child", data={"parent": parent, "qr": qr, **extra}, headers=JSON)
 
 
-def refused(response, status: int, code: str) -> dict:
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert body["ok"] is False and body["error"] == code, body
-    assert body["message"]
-    return body
-
-
 def load_on_bill(make_bill, parent: Bag, bill_no: str = "B-1") -> None:
     make_bill(bill_no)
     billing.load_parent(db.session, factory(), bill_no, parent.qr, confirmed=True)
@@ -62,13 +54,13 @@ def test_anonymous_is_sent_to_login_or_told_401(client):
     client.fetch_csrf_token()
     for path in ("/scan/parent", "/scan/child", "/scan/undo"):
         response = client.post(path, data={"qr": "SB00001", "parent": "SB00001"}, headers=JSON)
-        refused(response, 401, "login_required")
+        refused_http(response, 401, "login_required")
     assert db.session.scalar(select(Scan.id)) is None
 
 
 def test_missing_csrf_token_is_refused(scanner):
     scanner.csrf_token = None
-    refused(scanner.post("/scan/parent", data={"qr": "SB00001"}, headers=JSON), 400, "csrf_failed")
+    refused_http(scanner.post("/scan/parent", data={"qr": "SB00001"}, headers=JSON), 400, "csrf_failed")
     page = scanner.post("/scan/parent", data={"qr": "SB00001"})
     assert page.status_code == 400
     assert 'data-error="csrf_failed"' in page.get_data(as_text=True)
@@ -120,8 +112,10 @@ def test_dispatcher_parent_goes_to_own_area_whatever_area_is_posted(scanner, mak
 def test_biller_must_choose_the_area_of_a_new_parent(make_user, make_area, login_as):
     make_area("SOUTH")
     biller = login_as(make_user("bill", "biller", None))
-    refused(biller.post("/scan/parent", data={"qr": "SB00001"}, headers=JSON), 400, "invalid_input")
-    refused(biller.post("/scan/parent", data={"qr": "SB00001", "area": "WEST"}, headers=JSON), 400, "invalid_input")
+    refused_http(biller.post("/scan/parent", data={"qr": "SB00001"}, headers=JSON), 400, "invalid_input")
+    refused_http(
+        biller.post("/scan/parent", data={"qr": "SB00001", "area": "WEST"}, headers=JSON), 400, "invalid_input"
+    )
     assert bag("SB00001") is None
     created = biller.post("/scan/parent", data={"qr": "SB00001", "area": "south"}, headers=JSON)
     assert created.status_code == 201
@@ -143,9 +137,9 @@ def test_scanner_page_offers_an_area_choice_only_to_billers(make_user, make_area
 
 def test_parent_of_another_area_is_not_found_for_a_dispatcher(scanner, make_parent):
     south = make_parent("SB00009", area="SOUTH", children=1)
-    refused(scanner.post("/scan/parent", data={"qr": south.qr}, headers=JSON), 404, "parent_not_found")
-    refused(scan_child(scanner, south.qr, "C0001"), 404, "parent_not_found")
-    refused(scanner.post("/scan/undo", data={"parent": south.qr}, headers=JSON), 404, "parent_not_found")
+    refused_http(scanner.post("/scan/parent", data={"qr": south.qr}, headers=JSON), 404, "parent_not_found")
+    refused_http(scan_child(scanner, south.qr, "C0001"), 404, "parent_not_found")
+    refused_http(scanner.post("/scan/undo", data={"parent": south.qr}, headers=JSON), 404, "parent_not_found")
     page = scanner.get(f"/scan?parent={south.qr}")
     assert page.status_code == 404
     assert 'id="parent-qr"' in page.get_data(as_text=True)
@@ -164,19 +158,19 @@ def test_control_and_zero_width_characters_are_dropped(scanner, qr, normalised):
 
 @pytest.mark.parametrize("qr", ["SB\uff10\uff10\uff1001", "SB 00001", "", "SB-0001", "x" * 65])
 def test_invalid_parent_codes_are_invalid_qr(scanner, qr):
-    body = refused(scanner.post("/scan/parent", data={"qr": qr}, headers=JSON), 400, "invalid_qr")
+    body = refused_http(scanner.post("/scan/parent", data={"qr": qr}, headers=JSON), 400, "invalid_qr")
     assert "A parent bag code looks like SB00001" in body["message"]
     assert db.session.scalar(select(Bag.id)) is None
 
 
 def test_missing_and_oversized_fields_are_clean_4xx(scanner, make_user, login_as):
-    refused(scanner.post("/scan/parent", data={}, headers=JSON), 400, "invalid_qr")
-    refused(scanner.post("/scan/child", data={}, headers=JSON), 400, "invalid_qr")
-    refused(scanner.post("/scan/undo", data={}, headers=JSON), 400, "invalid_qr")
-    refused(scanner.post("/scan/parent", data={"qr": "A" * 50_000}, headers=JSON), 400, "invalid_qr")
-    refused(scan_child(scanner, "SB00001", "\x00" * 10_000 + "C0001" * 1000), 400, "invalid_qr")
+    refused_http(scanner.post("/scan/parent", data={}, headers=JSON), 400, "invalid_qr")
+    refused_http(scanner.post("/scan/child", data={}, headers=JSON), 400, "invalid_qr")
+    refused_http(scanner.post("/scan/undo", data={}, headers=JSON), 400, "invalid_qr")
+    refused_http(scanner.post("/scan/parent", data={"qr": "A" * 50_000}, headers=JSON), 400, "invalid_qr")
+    refused_http(scan_child(scanner, "SB00001", "\x00" * 10_000 + "C0001" * 1000), 400, "invalid_qr")
     biller = login_as(make_user("bill", "biller", None))
-    refused(
+    refused_http(
         biller.post("/scan/parent", data={"qr": "SB00001", "area": "N" * 50_000}, headers=JSON), 400, "invalid_input"
     )
     too_large = scanner.post("/scan/parent", data={"qr": "A" * (2 * 1024 * 1024)}, headers=JSON)
@@ -190,7 +184,7 @@ def test_a_file_where_a_code_belongs_is_no_code(scanner):
     response = scanner.post(
         "/scan/parent", data={"qr": (BytesIO(b"SB00001"), "qr.txt")}, headers=JSON, content_type="multipart/form-data"
     )
-    refused(response, 400, "invalid_qr")
+    refused_http(response, 400, "invalid_qr")
 
 
 # Scan child -----------------------------------------------------------------
@@ -265,7 +259,7 @@ def test_duplicate_on_a_billed_parent_is_still_a_success(scanner, make_parent, m
 def test_parent_on_a_bill_takes_no_new_children(scanner, make_parent, make_bill):
     parent = make_parent("SB00001", children=1)
     load_on_bill(make_bill, parent)
-    refused(scan_child(scanner, parent.qr, "C0001"), 409, "parent_on_bill")
+    refused_http(scan_child(scanner, parent.qr, "C0001"), 409, "parent_on_bill")
     assert bag("C0001") is None
     assert bag(parent.qr).child_count == 1
 
@@ -274,7 +268,7 @@ def test_child_in_another_parent_names_it(scanner, make_parent):
     make_parent("SB00001")
     make_parent("SB00002")
     scan_child(scanner, "SB00001", "C0001")
-    body = refused(scan_child(scanner, "SB00002", "C0001"), 409, "child_in_other_parent")
+    body = refused_http(scan_child(scanner, "SB00002", "C0001"), 409, "child_in_other_parent")
     assert "SB00001" in body["message"]
     assert bag("SB00002").child_count == 0
 
@@ -283,14 +277,14 @@ def test_child_in_another_area_does_not_name_the_parent(scanner, make_parent):
     south = make_parent("SB00009", area="SOUTH", children=1)
     south_child = db.session.scalar(select(Bag.qr).where(Bag.parent_id == south.id))
     make_parent("SB00001")
-    body = refused(scan_child(scanner, "SB00001", south_child), 409, "child_in_other_parent")
+    body = refused_http(scan_child(scanner, "SB00001", south_child), 409, "child_in_other_parent")
     assert "another area" in body["message"]
     assert "SB00009" not in body["message"]
 
 
 def test_full_parent_refuses_another_child(scanner, make_parent):
     parent = make_parent("SB00001", children=CAPACITY)
-    refused(scan_child(scanner, parent.qr, "C0001"), 409, "parent_full")
+    refused_http(scan_child(scanner, parent.qr, "C0001"), 409, "parent_full")
     assert bag(parent.qr).child_count == CAPACITY
 
 
@@ -307,7 +301,7 @@ def test_the_thirtieth_child_completes_the_parent_in_the_same_request(scanner, m
 @pytest.mark.parametrize("qr", ["C\uff10\uff10\uff101", "C 0001", "ABC", "A-0001"])
 def test_invalid_child_codes_are_invalid_qr(scanner, make_parent, qr):
     make_parent("SB00001")
-    refused(scan_child(scanner, "SB00001", qr), 400, "invalid_qr")
+    refused_http(scan_child(scanner, "SB00001", qr), 400, "invalid_qr")
 
 
 def test_control_characters_inside_a_child_code_are_dropped(scanner, make_parent):
@@ -319,14 +313,14 @@ def test_control_characters_inside_a_child_code_are_dropped(scanner, make_parent
 
 def test_wrong_kind_both_ways(scanner, make_parent):
     make_parent("SB00001")
-    refused(scanner.post("/scan/parent", data={"qr": "C0001"}, headers=JSON), 409, "wrong_kind")
-    refused(scan_child(scanner, "SB00001", "SB00002"), 409, "wrong_kind")
-    refused(scan_child(scanner, "C0001", "C0002"), 409, "wrong_kind")
+    refused_http(scanner.post("/scan/parent", data={"qr": "C0001"}, headers=JSON), 409, "wrong_kind")
+    refused_http(scan_child(scanner, "SB00001", "SB00002"), 409, "wrong_kind")
+    refused_http(scan_child(scanner, "C0001", "C0002"), 409, "wrong_kind")
     assert bag("SB00002") is None and bag("C0002") is None
 
 
 def test_unknown_parent_is_not_found(scanner):
-    refused(scan_child(scanner, "SB00404", "C0001"), 404, "parent_not_found")
+    refused_http(scan_child(scanner, "SB00404", "C0001"), 404, "parent_not_found")
     assert bag("C0001") is None
 
 
@@ -367,7 +361,7 @@ def test_parent_code_in_the_child_box_switches_parent(scanner, make_parent):
 def test_switching_to_a_parent_of_another_area_keeps_the_current_one(scanner, make_parent):
     make_parent("SB00001")
     make_parent("SB00009", area="SOUTH")
-    refused(scan_child(scanner, "SB00001", "SB00009", switch="1"), 404, "parent_not_found")
+    refused_http(scan_child(scanner, "SB00001", "SB00009", switch="1"), 404, "parent_not_found")
     page = scanner.post("/scan/child", data={"parent": "SB00001", "qr": "SB00009", "switch": "1"})
     assert page.status_code == 404
     assert '<input type="hidden" name="parent" value="SB00001">' in page.get_data(as_text=True)
@@ -412,7 +406,7 @@ def test_undo_without_javascript_redirects_with_a_message(scanner, make_parent):
 
 def test_nothing_to_undo(scanner, make_parent):
     make_parent("SB00001")
-    refused(scanner.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "nothing_to_undo")
+    refused_http(scanner.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "nothing_to_undo")
     page = scanner.post("/scan/undo", data={"parent": "SB00001"})
     assert page.status_code == 409
     assert 'data-error="nothing_to_undo"' in page.get_data(as_text=True)
@@ -422,7 +416,7 @@ def test_another_users_scan_cannot_be_undone(scanner, make_parent, make_user, lo
     make_parent("SB00001")
     scan_child(scanner, "SB00001", "C0001")
     colleague = login_as(make_user("olaf", "dispatcher", "NORTH"))
-    refused(colleague.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "nothing_to_undo")
+    refused_http(colleague.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "nothing_to_undo")
     assert bag("C0001").status == "packed"
 
 
@@ -431,7 +425,7 @@ def test_undo_window_expires(scanner, make_parent):
     scan_child(scanner, "SB00001", "C0001")
     db.session.execute(update(Bag).where(Bag.qr == "C0001").values(linked_at=utcnow() - timedelta(seconds=601)))
     db.session.commit()
-    refused(scanner.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "nothing_to_undo")
+    refused_http(scanner.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "nothing_to_undo")
     assert bag("C0001").status == "packed"
 
 
@@ -439,7 +433,7 @@ def test_undo_window_follows_the_setting(scanner, make_parent, app, monkeypatch)
     make_parent("SB00001")
     scan_child(scanner, "SB00001", "C0001")
     monkeypatch.setitem(app.config, "BAGTRACK_UNDO_WINDOW_S", 0)
-    refused(scanner.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "nothing_to_undo")
+    refused_http(scanner.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "nothing_to_undo")
 
 
 def test_undo_reopens_a_complete_parent(scanner, make_parent):
@@ -456,7 +450,7 @@ def test_undo_on_a_billed_parent_is_refused(scanner, make_parent, make_bill):
     make_parent("SB00001")
     scan_child(scanner, "SB00001", "C0001")
     load_on_bill(make_bill, bag("SB00001"))
-    refused(scanner.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "parent_on_bill")
+    refused_http(scanner.post("/scan/undo", data={"parent": "SB00001"}, headers=JSON), 409, "parent_on_bill")
     assert bag("C0001").status == "packed"
 
 

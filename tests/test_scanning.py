@@ -6,18 +6,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers import refused
 from sqlalchemy import func, select, text, update
 
 from bagtrack import billing, scanning, stats
-from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, Bag, Bill, Scan, utcnow
-
-
-def refused(call, *args) -> Refusal:
-    with pytest.raises(Refusal) as caught:
-        call(db.session, *args)
-    return caught.value
 
 
 def fresh_bag(qr: str) -> Bag:
@@ -116,11 +110,6 @@ def figures_without_time(figures: dict) -> dict:
 @pytest.fixture
 def operator(make_user):
     return make_user("op1", "dispatcher", "NORTH")
-
-
-@pytest.fixture
-def biller(make_user):
-    return make_user("boss", "biller", None)
 
 
 # --- Scan parent ----------------------------------------------------------------------------------
@@ -228,7 +217,7 @@ def test_loose_child_is_linked_without_being_created(operator):
     result = scanning.scan_child(db.session, operator, "SB00001", "C0001")
     assert (result.created, result.duplicate) == (False, False)
     assert fresh_bag("C0001").status == "packed"
-    assert stats.dashboard_figures(db.session, None)["bags"]["children"] == 1
+    assert stats.tally_figures(db.session, None)["bags"]["children"] == 1
 
 
 def test_thirtieth_child_completes_the_parent_in_its_own_transaction(operator, make_parent):
@@ -239,7 +228,7 @@ def test_thirtieth_child_completes_the_parent_in_its_own_transaction(operator, m
     assert (parent.status, parent.child_count) == ("complete", 30)
     # One accepted scan for the 30th child, and the tally counted the completion with it.
     assert last_scan().qr == "C0030"
-    assert stats.dashboard_figures(db.session, None)["parents"] == {"open": 0, "complete": 1, "billed": 0}
+    assert stats.tally_figures(db.session, None)["parents"] == {"open": 0, "complete": 1, "billed": 0}
 
 
 def test_full_parent_refuses_a_new_child(operator, make_parent):
@@ -319,7 +308,7 @@ def test_child_in_another_parent_of_the_same_area_names_it(operator):
 
 
 def area_children(code: str) -> int:
-    return stats.dashboard_figures(db.session, db.session.scalar(text("select id from dispatch_area where code = :c"),
+    return stats.tally_figures(db.session, db.session.scalar(text("select id from dispatch_area where code = :c"),
                                                                   {"c": code}))["bags"]["children"]  # fmt: skip
 
 
@@ -361,7 +350,7 @@ def test_a_biller_moving_a_loose_child_to_another_area_moves_its_tally(operator,
     child = fresh_bag("C0002")
     assert (child.status, child.parent_id, child.area.code) == ("packed", fresh_bag("SB00001").id, "NORTH")
     assert (area_children("NORTH"), area_children("SOUTH")) == (1, 1)
-    assert stats.dashboard_figures(db.session, None)["bags"]["children"] == 2
+    assert stats.tally_figures(db.session, None)["bags"]["children"] == 2
     checked = runner.invoke(args=["check", "--invariants"])
     assert checked.exit_code == 0 and "OK    invariants: all hold" in checked.output, checked.output
 
@@ -486,7 +475,7 @@ def test_undo_reopens_a_complete_parent(operator, make_parent):
     scanning.undo_last(db.session, operator, "SB00001")
     parent = fresh_bag("SB00001")
     assert (parent.status, parent.child_count) == ("open", 29)
-    assert stats.dashboard_figures(db.session, None)["parents"] == {"open": 1, "complete": 0, "billed": 0}
+    assert stats.tally_figures(db.session, None)["parents"] == {"open": 1, "complete": 0, "billed": 0}
 
 
 def test_undo_by_another_user_is_refused(operator, make_user):
@@ -596,14 +585,14 @@ def test_every_rejected_scan_is_logged_with_its_reason(app, biller, make_area, a
         scanning.scan_parent(db.session, biller, parent_qr, "NORTH")
     scanning.scan_child(db.session, biller, "SB00001", "C0001")
     scanning.scan_child(db.session, biller, "SB00003", "C0003")
-    before = stats.dashboard_figures(db.session, None)["scans"]["total"]
+    before = stats.tally_figures(db.session, None)["scans"]["total"]
     refusal = refused(getattr(scanning, action), biller, *args)
     assert refusal.code == reason
     scan = last_scan()
     assert (scan.kind, scan.outcome, scan.reason, scan.user_id) == (kind, "rejected", reason, biller.id)
     assert scan.qr == qr
     # Rejected scans are not counted as scans on the dashboard.
-    assert stats.dashboard_figures(db.session, None)["scans"]["total"] == before
+    assert stats.tally_figures(db.session, None)["scans"]["total"] == before
 
 
 def test_rejected_child_scan_is_logged_against_the_parent(operator, make_parent):
@@ -643,14 +632,14 @@ def test_dashboard_figures_equal_recounts_after_a_day_of_work(app, operator, bil
     billing.load_parent(db.session, biller, "B-2", "SB00003", confirmed=True)
     billing.close_bill(db.session, biller, "B-2")
 
-    figures = stats.dashboard_figures(db.session, None)
+    figures = stats.tally_figures(db.session, None)
     assert figures_without_time(figures) == recount_figures(db.session)
     assert figures["bags"] == {"parents": 3, "children": 6}
     assert figures["parents"] == {"open": 2, "complete": 1, "billed": 2}
     assert figures["bills"] == {"open": 1, "closed": 1}
     assert counter_mismatches(db.session) == []
 
-    north = stats.dashboard_figures(db.session, operator.area_id)
+    north = stats.tally_figures(db.session, operator.area_id)
     assert north["bags"] == {"parents": 2, "children": 5}
     assert north["parents"] == {"open": 1, "complete": 1, "billed": 1}
 

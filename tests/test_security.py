@@ -12,8 +12,8 @@ from pathlib import Path
 import brotli
 import itsdangerous.timed
 import pytest
-from conftest import JSON, PASSWORD, BagtrackClient
 from flask import Response, request, stream_with_context
+from helpers import JSON, PASSWORD, BagtrackClient
 
 from bagtrack import config as settings
 from bagtrack import security

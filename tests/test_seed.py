@@ -28,7 +28,7 @@ def test_seed_writes_consistent_data_with_counts_the_dashboard_shows(runner):
     assert find_violations(db.session) == []
     parents = count(Bag, Bag.kind == "parent")
     children = count(Bag, Bag.kind == "child")
-    figures = stats.dashboard_figures(db.session, None)
+    figures = stats.tally_figures(db.session, None)
     assert figures["bags"] == {"parents": 40, "children": children}
     assert parents == 40 and children > 30 * 30
     assert figures["parents"]["complete"] == count(Bag, Bag.kind == "parent", Bag.status == "complete") > 30

@@ -1,4 +1,4 @@
-from conftest import JSON
+from helpers import JSON
 
 
 def test_parent_fills_to_complete(make_parent, make_user):

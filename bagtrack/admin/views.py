@@ -1,4 +1,4 @@
-"""The site owner's pages: user accounts, dispatch areas and the audit log.
+"""The site owner's pages: user accounts, dispatch areas, the audit log and the import of bags and bills.
 
 Every change goes through :mod:`bagtrack.accounts` with the signed-in admin
 as the actor, so it lands in the audit log with the rule it obeyed.
@@ -9,28 +9,20 @@ from __future__ import annotations
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from .. import accounts, queries
+from .. import accounts, importing, queries
 from ..access import role_required
 from ..errors import Refusal
 from ..extensions import db
+from ..limits import accepts_upload
 from ..models import ROLES, User
-from ..shapes import iso
-from ..web import before_arg, json_ok, refusal_answer, wants_json
+from ..shapes import user_json
+from ..web import ONCE_HEADERS, before_arg, json_ok, refusal_answer, wants_json
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-# A generated password appears on this one answer and nowhere else: no caching of it.
-ONCE_HEADERS = {"Cache-Control": "no-store"}
-
-
-def user_json(user: User) -> dict:
-    return {
-        "username": user.username,
-        "role": user.role,
-        "area": user.area.code if user.area else None,
-        "active": user.active,
-        "locked_until": iso(user.locked_until) if user.is_locked() else None,
-    }
+IMPORTERS = {"bags": importing.import_bags, "bills": importing.import_bills}
+# An XLSX the page reads unpacks to at most this much (its rows are limited by BAGTRACK_IMPORT_PAGE_MAX_ROWS).
+PAGE_UNPACKED_BYTES = 32 * 1024 * 1024
 
 
 def render_index(refusal: Refusal | None = None, new_password: dict | None = None) -> str:
@@ -56,11 +48,8 @@ def index():
 @role_required("admin")
 def create_user():
     password = request.form.get("password") or None
-    generated = password is None
-    if generated:
-        password = accounts.generate_password()
     try:
-        user = accounts.create_user(
+        user, password_set = accounts.create_user(
             db.session,
             current_user,
             request.form.get("username", ""),
@@ -71,8 +60,8 @@ def create_user():
     except Refusal as refusal:
         return refusal_answer(refusal, render_index)
     message = f"Created {user.role} {user.username}."
-    if generated:
-        return password_once(user, password, message, 201)
+    if password is None:
+        return password_once(user, password_set, message, 201)
     if wants_json():
         return json_ok(201, user=user_json(user), password=None)
     flash(message, "ok")
@@ -162,3 +151,61 @@ def audit():
         db.session, limit=current_app.config["BAGTRACK_PAGE_SIZE"], before=before_arg()
     )
     return render_template("admin/audit.html", entries=entries, next_before=next_before)
+
+
+def page_limits() -> importing.FileLimits:
+    """The files the page imports within one request; the command line takes any size."""
+    return importing.FileLimits(
+        rows=current_app.config["BAGTRACK_IMPORT_PAGE_MAX_ROWS"], unpacked_bytes=PAGE_UNPACKED_BYTES
+    )
+
+
+def render_import(refusal: Refusal | None = None, report: importing.ImportReport | None = None) -> str:
+    return render_template(
+        "admin/import.html",
+        refusal=refusal,
+        report=report,
+        kind=request.form.get("kind", "bags"),
+        shown=importing.SHOWN_REFUSALS,
+        max_rows=current_app.config["BAGTRACK_IMPORT_PAGE_MAX_ROWS"],
+    )
+
+
+@bp.route("/import", methods=["GET", "POST"])
+@accepts_upload
+@role_required("admin")
+def import_page():
+    """Upload a CSV or XLSX of bags or bills; the answer is the import's per-row report.
+
+    The report is the answer, so a successful upload renders it (200) rather
+    than redirecting; JSON clients get 201 when rows were imported.
+    """
+    if request.method == "GET":
+        return render_import()
+    try:
+        kind = request.form.get("kind", "")
+        if kind not in IMPORTERS:
+            raise Refusal("invalid_input", "Choose what the file holds: bags or bills.")
+        upload = request.files.get("file")
+        if upload is None or not upload.filename:
+            raise Refusal("invalid_input", "Choose a CSV or XLSX file to import.")
+        extension = importing.file_extension(upload.filename)
+        report = IMPORTERS[kind](
+            db.session,
+            upload.stream,
+            extension,
+            user=current_user._get_current_object(),
+            source=upload.filename,
+            limits=page_limits(),
+        )
+    except Refusal as refusal:
+        return refusal_answer(refusal, render_import)
+    if wants_json():
+        return json_ok(
+            201 if report.imported else 200,
+            rows=report.rows,
+            imported=report.imported,
+            refused=report.refused,
+            refusals=[{"row": item.row, "code": item.code, "message": item.message} for item in report.refusals],
+        )
+    return render_import(report=report)

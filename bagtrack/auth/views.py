@@ -22,7 +22,7 @@ from ..accounts import LoginRefused
 from ..errors import Refusal
 from ..extensions import db
 from ..models import User
-from ..web import json_error, json_ok, refusal_answer, wants_json
+from ..web import ONCE_HEADERS, json_error, json_ok, refusal_answer, wants_json
 from .forms import CodeForm, LoginForm, PasswordForm
 
 bp = Blueprint("auth", __name__)
@@ -35,8 +35,6 @@ DEVICE_COOKIE = accounts.DEVICE_COOKIE
 DEVICE_COOKIE_DAYS = 90
 # Pages a user whose role requires two-factor login may see before enrolling.
 BEFORE_ENROLMENT = {"auth.two_factor", "auth.logout", "auth.login", "auth.login_code", "static"}
-# The recovery codes appear on one answer only: no caching of it.
-ONCE_HEADERS = {"Cache-Control": "no-store"}
 
 
 def safe_next(target: str | None) -> str:

@@ -6,8 +6,8 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user, login_required
 
 from .. import corrections, paper, queries, scanning
-from ..access import may_see_area, role_required
-from ..codes import QR_MAX_LENGTH, normalise
+from ..access import role_required
+from ..codes import AREA_CODE_MAX_LENGTH, BILL_NO_MAX_LENGTH, QR_MAX_LENGTH, normalise
 from ..errors import Refusal
 from ..extensions import db
 from ..models import Bag
@@ -27,8 +27,8 @@ def filters_from_args() -> queries.BagFilters:
     return queries.BagFilters(
         kind=kind if kind in queries.KINDS else None,
         status=status if status in queries.STATUSES else None,
-        area=normalise(request.args.get("area"))[:20] or None,
-        bill=normalise(request.args.get("bill"))[:50] or None,
+        area=normalise(request.args.get("area"))[:AREA_CODE_MAX_LENGTH] or None,
+        bill=normalise(request.args.get("bill"))[:BILL_NO_MAX_LENGTH] or None,
         q=normalise(request.args.get("q"))[:QR_MAX_LENGTH] or None,
     )
 
@@ -56,26 +56,19 @@ def index():
 
 
 def find_visible_bag(raw_qr: str) -> Bag | None:
-    """The bag ``raw_qr`` names, or None when it is unknown or outside the user's area."""
-    code = normalise(raw_qr)
-    if not 0 < len(code) <= QR_MAX_LENGTH:
-        return None
-    bag = scanning.find_bag(db.session, code)
-    if bag is None or not may_see_area(current_user, bag.area_id):
-        return None
-    return bag
+    return queries.visible_bag(db.session, current_user, raw_qr)
 
 
 def render_bag(bag: Bag, refusal: Refusal | None = None) -> str:
-    parent_qr, bill = queries.holders_of(db.session, bag)
+    record = queries.bag_record(db.session, current_user, bag, scans=SCAN_HISTORY_ROWS)
     return render_template(
         "bags/detail.html",
         bag=bag,
-        parent_qr=parent_qr,
-        bill_no=bill.bill_no if bill is not None else None,
-        bill_closed=bill is not None and bill.status != "open",
-        children=queries.children_of(db.session, bag) if bag.is_parent else [],
-        scans=queries.scan_rows(db.session, current_user, limit=SCAN_HISTORY_ROWS, bag=bag),
+        parent_qr=record.parent_qr,
+        bill_no=record.bill.bill_no if record.bill is not None else None,
+        bill_closed=record.bill is not None and record.bill.status != "open",
+        children=record.children,
+        scans=record.scans,
         refusal=refusal,
     )
 
@@ -98,7 +91,7 @@ def close(qr: str):
         return refusal_answer(refusal, page_after_refusal(lambda: find_visible_bag(qr), render_bag))
     parent = result.parent
     if wants_json():
-        return json_ok(duplicate=result.duplicate, parent=parent_json(parent))
+        return json_ok(duplicate=result.duplicate, parent=parent_json(parent, queries.bill_no_of(db.session, parent)))
     if result.duplicate:
         flash(f"Parent bag {parent.qr} is already complete.", "ok")
     else:
@@ -133,7 +126,7 @@ def reopen(qr: str):
         return correction_answer(refusal, qr)
     parent = result.parent
     if wants_json():
-        return json_ok(duplicate=result.duplicate, parent=parent_json(parent))
+        return json_ok(duplicate=result.duplicate, parent=parent_json(parent, queries.bill_no_of(db.session, parent)))
     if result.duplicate:
         flash(f"Parent bag {parent.qr} is already open.", "ok")
     else:

@@ -113,7 +113,7 @@ def remove(bill_no: str, qr: str):
         return refusal_answer(refusal, render_bill_or_error(bill_no))
     bill, parent = change.bill, change.parent
     if wants_json():
-        return json_ok(bill=bill_json(bill), parent=parent_json(parent))
+        return json_ok(bill=bill_json(bill), parent=parent_json(parent, queries.bill_no_of(db.session, parent)))
     flash(f"Removed parent bag {parent.qr} from bill {bill.bill_no}.", "ok")
     return redirect(url_for("bills.detail", bill_no=bill.bill_no), code=303)
 

@@ -44,8 +44,7 @@ def bootstrap() -> None:
         if has_users:
             click.echo("Users exist already: no admin created.")
             return
-        password = accounts.generate_password()
-        accounts.create_user(db.session, None, DEFAULT_ADMIN, "admin", password=password)
+        _, password = accounts.create_user(db.session, None, DEFAULT_ADMIN, "admin")
     except Refusal as refusal:
         fail(refusal.message)
     except SQLAlchemyError as exc:

@@ -49,20 +49,18 @@ def areas_list() -> None:
 @click.option("--password", help="Without it: prompted on a terminal, else generated and printed once.")
 def users_create(username: str, role: str, area_code: str | None, password: str | None) -> None:
     """Create a user USERNAME."""
-    generated = False
-    if password is None:
-        if sys.stdin.isatty():
-            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-        else:
-            password = accounts.generate_password()
-            generated = True
+    if password is None and sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        user = accounts.create_user(db.session, None, username, role, area_code=area_code, password=password)
+        user, password_set = accounts.create_user(
+            db.session, None, username, role, area_code=area_code, password=password
+        )
     except Refusal as refusal:
-        fail(refusal.message)
+        hint = " Give it with --area CODE." if refusal.message == accounts.DISPATCHER_NEEDS_AREA else ""
+        fail(refusal.message + hint)
     click.echo(f"Created {user.role} {user.username}.")
-    if generated:
-        click.echo(f"Password (shown once): {password}")
+    if password is None:
+        click.echo(f"Password (shown once): {password_set}")
 
 
 @users.command("list")
@@ -77,11 +75,12 @@ def users_list() -> None:
         click.echo(f"{user.username}\t{user.role}\t{area_code or '-'}\t{state}")
 
 
-def _change(action, username: str, *args) -> User:
+def _change(action, username: str, *args, hints: dict[str, str] | None = None) -> User:
+    """Apply one ``accounts`` change; a refusal is printed with the command that helps, from ``hints``."""
     try:
         return action(db.session, None, username, *args)
     except Refusal as refusal:
-        fail(refusal.message)
+        fail(refusal.message + (hints or {}).get(refusal.message, ""))
 
 
 @users.command("set-role")
@@ -89,7 +88,9 @@ def _change(action, username: str, *args) -> User:
 @click.argument("role", type=click.Choice(["admin", "biller", "dispatcher"]))
 def users_set_role(username: str, role: str) -> None:
     """Change USERNAME's role."""
-    user = _change(accounts.set_role, username, role)
+    name = accounts.normalise_username(username)
+    hints = {accounts.AREA_BEFORE_DISPATCHER.format(username=name): f" Set it with: users set-area {name} AREA_CODE"}
+    user = _change(accounts.set_role, username, role, hints=hints)
     click.echo(f"{user.username} is now {user.role}.")
 
 

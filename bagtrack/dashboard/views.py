@@ -7,8 +7,8 @@ from flask_login import current_user, login_required
 
 from .. import floor, queries
 from ..access import area_scope, visible_figures
-from ..cache import dashboard_figures
 from ..extensions import db
+from ..figures import dashboard_figures
 from ..models import utcnow
 from ..replica import reads, reads_from_replica
 from ..web import before_arg
@@ -53,12 +53,10 @@ def scans():
     limit = current_app.config["BAGTRACK_PAGE_SIZE"]
     before = before_arg()
     filters = queries.ScanFilters.from_args(request.args)
-    # One row more than shown tells whether an older page exists.
-    rows = queries.scan_rows(reads(), current_user, limit=limit + 1, before=before, filters=filters)
-    next_before = rows[limit - 1].id if len(rows) > limit else None
+    rows, next_before = queries.scan_page(reads(), current_user, limit=limit, before=before, filters=filters)
     return render_template(
         "dashboard/scans.html",
-        scans=rows[:limit],
+        scans=rows,
         next_before=next_before,
         before=before,
         filters=filters,

@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user, login_required
 
 from .. import queries, scanning
-from ..codes import QR_MAX_LENGTH, classify, normalise
+from ..codes import AREA_CODE_MAX_LENGTH, QR_MAX_LENGTH, classify, normalise
 from ..errors import Refusal
 from ..extensions import db
 from ..models import Bag
@@ -35,9 +35,9 @@ def visible_parent_or_none(raw_qr: str | None) -> Bag | None:
 
 
 def render_scanner(parent: Bag | None, refusal: Refusal | None = None) -> str:
-    figures = parent_json(parent) if parent is not None else None
+    figures = parent_json(parent, queries.bill_no_of(db.session, parent)) if parent is not None else None
     may_choose_area = current_user.has_role("biller")
-    chosen_area = normalise(request.values.get("area"))[:20]
+    chosen_area = normalise(request.values.get("area"))[:AREA_CODE_MAX_LENGTH]
     return render_template(
         "scan/page.html",
         parent=figures,
@@ -108,7 +108,7 @@ def answer_parent_scan(*, switched: bool = False):
     if wants_json():
         body = {
             "created": scan.created,
-            "parent": parent_json(scan.parent),
+            "parent": parent_json(scan.parent, queries.bill_no_of(db.session, scan.parent)),
             "children": queries.children_of(db.session, scan.parent),
             "message": message,
         }
@@ -141,7 +141,7 @@ def child():
             created=scan.created,
             duplicate=scan.duplicate,
             child={"qr": scan.child.qr, "status": scan.child.status},
-            parent=parent_json(scan.parent),
+            parent=parent_json(scan.parent, queries.bill_no_of(db.session, scan.parent)),
             message=message,
         )
     flash(message, "ok")
@@ -160,7 +160,7 @@ def undo():
     if wants_json():
         return json_ok(
             child={"qr": result.child.qr, "status": result.child.status},
-            parent=parent_json(parent),
+            parent=parent_json(parent, queries.bill_no_of(db.session, parent)),
             message=message,
         )
     flash(message, "ok")

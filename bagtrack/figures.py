@@ -4,7 +4,7 @@ Figures are cached per area scope (one entry per dispatch area, one for all
 areas). An entry is fresh for ``BAGTRACK_STATS_TTL_S`` seconds (5 by default)
 and only while nothing it sums has changed since: the office's writes
 (bills, loading, closing a parent short, imports) announce, after their
-commit, which tallies they changed (``on_parent_loaded`` and friends), and
+commit, which tallies they changed (:func:`announce`), and
 that stamps a new random token on the area's and on the bills' figures. An
 entry remembers the tokens it was computed under, so a write that commits
 during a recomputation still makes the result stale.
@@ -36,13 +36,13 @@ from flask import current_app
 
 from . import observability, stats
 from .extensions import cache
+from .models import OFFICE_TALLY
 
 log = logging.getLogger(__name__)
 
 # Bump when the shape of a cached entry changes: a deploy then never reads the old shape.
 CACHE_SCHEMA = 1
 NAMESPACE = f"v{CACHE_SCHEMA}:figures"
-OFFICE_TALLY = 0  # the tally of bills, which belong to no area
 # A recomputation takes milliseconds; the lock only outlives a worker that died holding it.
 LOCK_MS = 2000
 # Without any entry to serve, wait this long for the lock holder, then query directly.
@@ -74,10 +74,10 @@ def dashboard_figures(session, area_id: int | None) -> dict:
         # Another worker is recomputing (or the cache is down): serve what there is.
         served = entry["figures"] if entry is not None else _wait_for_entry(keys)
         observability.count_cache(hit=served is not None)
-        return served if served is not None else stats.dashboard_figures(session, area_id)
+        return served if served is not None else stats.tally_figures(session, area_id)
     observability.count_cache(hit=False)
     try:
-        figures = stats.dashboard_figures(session, area_id)
+        figures = stats.tally_figures(session, area_id)
         _store(keys[0], {"figures": figures, "at": time.time(), "tokens": tokens})
     finally:
         _release(lock)
@@ -91,57 +91,32 @@ def _remember(scope: str, figures: dict) -> dict:
     return figures
 
 
-def on_scanned_on_the_floor(area_id: int) -> None:
-    """A parent was started or resumed, or a child went into or out of one, in ``area_id``.
-
-    Only this worker's remembered figures are dropped; the shared entry
-    expires within its TTL.
-    """
-    _forget_seen([str(area_id), "all"])
-
-
-def on_parent_closed(area_id: int) -> None:
-    """A parent of ``area_id`` was closed short: it counts as complete."""
-    _area_changed(area_id)
-
-
-def on_parent_loaded(area_id: int) -> None:
-    """A parent of ``area_id`` was loaded onto, or removed from, a bill."""
-    _area_changed(area_id)
-
-
-def on_bill_changed() -> None:
-    """A bill was created, closed or reopened: every scope shows the bill figures."""
-    _write_tokens(["bills"])
-
-
-EVENTS_BY_SCAN_KIND = {
-    "parent": on_scanned_on_the_floor,
-    "child": on_scanned_on_the_floor,
-    "undo": on_scanned_on_the_floor,
-    "close": on_parent_closed,
-    "load": on_parent_loaded,
-    "unload": on_parent_loaded,
-}
+# Scans on the floor: many a second, so they drop only this worker's remembered figures.
+FLOOR_SCANS = ("parent", "child", "undo")
 
 
 def announce(scan_kind: str | None, area_ids: Iterable[int]) -> None:
-    """Called by the ledger after a commit that changed the tallies of ``area_ids``.
+    """Called by the ledger after a commit that changed the tallies of ``area_ids`` (one scan of ``scan_kind``).
 
-    The write is committed by then: nothing here may turn it into an error.
+    A scan on the floor (a parent started or resumed, a child put into or
+    taken out of one) drops this worker's remembered figures of its area;
+    the shared entry expires within its TTL. Any other write (closing a
+    parent short, loading or unloading one, corrections, imports, and with
+    no scan kind) stamps a new token on its area's figures; a change to the
+    office tally (bills created, closed, reopened or cancelled) on the bill
+    figures that every scope shows. The write is committed by then: nothing
+    here may turn it into an error.
     """
     try:
         for area_id in area_ids:
             if area_id == OFFICE_TALLY:
-                on_bill_changed()
+                _write_tokens(["bills"])
+            elif scan_kind in FLOOR_SCANS:
+                _forget_seen([str(area_id), "all"])
             else:
-                EVENTS_BY_SCAN_KIND.get(scan_kind, _area_changed)(area_id)
+                _write_tokens([str(area_id), "all"])
     except Exception:
         log.exception("announcing changed figures failed")
-
-
-def _area_changed(area_id: int) -> None:
-    _write_tokens([str(area_id), "all"])
 
 
 def _forget_seen(scopes: list[str]) -> None:
