@@ -289,3 +289,12 @@ def report_rows(what: str, report) -> list[tuple]:
             row = {**row, "rejected_by_reason": " ".join(f"{reason}={count}" for reason, count in reasons)}
         shaped.append(tuple(row[column] for column in COLUMNS[what]))
     return shaped
+
+
+def report_file(what: str, fmt: str, report) -> bytes:
+    """A report as the bytes of its CSV or XLSX download (``fmt``)."""
+    from .exporting import csv_chunks, xlsx_chunks
+
+    rows = iter(report_rows(what, report))
+    chunks = csv_chunks(what, rows) if fmt == "csv" else xlsx_chunks(what, rows)
+    return b"".join(chunk.encode() if isinstance(chunk, str) else chunk for chunk in chunks)
