@@ -65,9 +65,10 @@ def tally_statement(dialect: str, *, hourly: bool):
 
     Parameters: ``area_id``, ``day``, ``shard`` and every tally field; with
     ``hourly`` also ``hour``, ``user_id``, ``reason``, ``hour_scans``,
-    ``hour_parents_complete``, ``hour_first_at`` and ``hour_last_at``. On PostgreSQL both rows are written by one
-    statement (the hour's upsert is a CTE of the day's); SQLite cannot, and
-    gets :func:`hour_statement` run after it.
+    ``hour_parents_complete``, ``hour_first_at`` and ``hour_last_at``. On
+    PostgreSQL both rows are written by one statement (the hour's upsert is
+    a CTE of the day's); SQLite cannot, and gets :func:`hour_statement` run
+    after it.
     """
     key = (dialect, "tally", hourly and dialect == "postgresql")
     statement = _statements.get(key)
@@ -116,18 +117,17 @@ def hour_statement(dialect: str):
 
 def _hour_sums(dialect: str, statement) -> dict:
     """What an upsert into the per-hour tally sets: counts added, first and last scan widened."""
-    table, new = TallyHour.__table__, statement.excluded
+    kept, new = TallyHour.__table__.c, statement.excluded
     if dialect == "postgresql":
         # LEAST and GREATEST skip NULLs: a row that gains no scans keeps its times.
-        first_at, last_at = func.least(table.c.first_at, new.first_at), func.greatest(table.c.last_at, new.last_at)
+        first_at, last_at = func.least(kept.first_at, new.first_at), func.greatest(kept.last_at, new.last_at)
     else:
         # SQLite's min() and max() of several values are NULL when one is.
-        kept, added = table.c, new
-        first_at = func.min(func.coalesce(kept.first_at, added.first_at), func.coalesce(added.first_at, kept.first_at))
-        last_at = func.max(func.coalesce(kept.last_at, added.last_at), func.coalesce(added.last_at, kept.last_at))
+        first_at = func.min(func.coalesce(kept.first_at, new.first_at), func.coalesce(new.first_at, kept.first_at))
+        last_at = func.max(func.coalesce(kept.last_at, new.last_at), func.coalesce(new.last_at, kept.last_at))
     return {
-        "scans": table.c.scans + new.scans,
-        "parents_complete": table.c.parents_complete + new.parents_complete,
+        "scans": kept.scans + new.scans,
+        "parents_complete": kept.parents_complete + new.parents_complete,
         "first_at": first_at,
         "last_at": last_at,
     }
