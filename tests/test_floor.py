@@ -15,6 +15,7 @@ from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
 from bagtrack.models import Scan
+from bagtrack.shapes import iso
 
 
 @pytest.fixture
@@ -180,7 +181,12 @@ def test_reports_through_gunicorn_in_local_time(make_app, database_url, tmp_path
             body = _http_login(server.base, "office").get(f"{server.base}/api/reports/operators", timeout=5).json()
         finally:
             server.terminate(timeout=30)
+        with cli.app.app_context():
+            logged = db.session.execute(select(func.min(Scan.at), func.max(Scan.at))).one()
+            db.session.remove()
     assert body["day"] == datetime.now(ZoneInfo("Asia/Kolkata")).date().isoformat()
     (row,) = body["operators"]
     assert (row["user"], row["area"], row["accepted"], row["rejected"]) == ("floor", "NORTH", 4, 1)
     assert row["rejected_by_reason"] == {"invalid_qr": 1}
+    # First and last scan as the log holds them: the parent scan, and the refusal.
+    assert (row["first_at"], row["last_at"]) == (iso(logged[0]), iso(logged[1]))
