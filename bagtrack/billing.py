@@ -381,10 +381,11 @@ def cancel_bill(session, user: User, raw_bill_no: str | None, raw_reason) -> Bil
             )
         )
         unloaded_by_area: dict[int, int] = {}
-        at = None
+        # One moment for every unload: each area's tally adds them all at it.
+        at = utcnow()
         for parent in parents:
             parent.bill_id = None
-            at = log_scan(
+            log_scan(
                 session,
                 user=user,
                 kind="unload",
@@ -394,6 +395,7 @@ def cancel_bill(session, user: User, raw_bill_no: str | None, raw_reason) -> Bil
                 bill_id=bill.id,
                 area_id=parent.area_id,
                 reason="cancelled",
+                at=at,
             )
             unloaded_by_area[parent.area_id] = unloaded_by_area.get(parent.area_id, 0) + 1
         bill.status = "cancelled"

@@ -242,6 +242,14 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "BAGTRACK_READY_TIMEOUT_S": env_float(environ, "BAGTRACK_READY_TIMEOUT_S", 1.0, minimum=0.05),
         "BAGTRACK_METRICS_TOKEN": env_str(environ, "BAGTRACK_METRICS_TOKEN"),
         "BAGTRACK_METRICS_ALLOW": env_networks(environ, "BAGTRACK_METRICS_ALLOW", "127.0.0.1,::1"),
+        # The daily dispatch summary by mail (``flask report daily --mail-to``); no host: no mail.
+        "BAGTRACK_SMTP_HOST": env_str(environ, "BAGTRACK_SMTP_HOST"),
+        "BAGTRACK_SMTP_PORT": env_int(environ, "BAGTRACK_SMTP_PORT", 587, minimum=1),
+        "BAGTRACK_SMTP_USER": env_str(environ, "BAGTRACK_SMTP_USER"),
+        "BAGTRACK_SMTP_PASSWORD": env_str(environ, "BAGTRACK_SMTP_PASSWORD"),
+        "BAGTRACK_SMTP_STARTTLS": env_bool(environ, "BAGTRACK_SMTP_STARTTLS", True),
+        "BAGTRACK_SMTP_TIMEOUT_S": env_float(environ, "BAGTRACK_SMTP_TIMEOUT_S", 10.0, minimum=0.1),
+        "BAGTRACK_MAIL_FROM": env_str(environ, "BAGTRACK_MAIL_FROM"),
         # Requests and sessions.
         "MAX_CONTENT_LENGTH": env_int(environ, "BAGTRACK_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
         "BAGTRACK_SESSION_IDLE_MINUTES": env_int(environ, "BAGTRACK_SESSION_IDLE_MINUTES", 30, minimum=1),

@@ -2,8 +2,7 @@
 
 Everything here reads the per-hour tally (:class:`TallyHour`) of one or two
 local days, or a short index range (oldest open parents, bills in progress,
-one day's closed bills, each operator's first and last scan of the day),
-never the whole scan log: each answer costs the same at 8,000,000 bags as at
+one day's closed bills), never the scan log: each answer costs the same at 8,000,000 bags as at
 8,000.
 """
 
@@ -18,7 +17,7 @@ from sqlalchemy import func, select
 
 from . import timeline
 from .errors import Refusal
-from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, TallyHour, User, utcnow
+from .models import AuditEntry, Bag, Bill, DispatchArea, TallyHour, User, utcnow
 
 OLDEST_PARENTS = 8
 BILLS_IN_PROGRESS = 8
@@ -166,8 +165,8 @@ def operators_report(session, day: date, area_id: int | None) -> list[dict]:
     """Per user, for local ``day`` (and one area, or all): accepted and refused scans, refusals by reason,
     parents completed, first and last scan, active hours and accepted scans per active hour.
 
-    Figures come from the per-hour tally; first and last scan from the user's
-    own index range of that day's ids.
+    Everything comes from the per-hour tally rows of that day, which keep
+    their first and last scan too.
     """
     start, end = timeline.day_range(day)
     statement = select(
@@ -177,15 +176,29 @@ def operators_report(session, day: date, area_id: int | None) -> list[dict]:
         TallyHour.hour,
         TallyHour.scans,
         TallyHour.parents_complete,
+        TallyHour.first_at,
+        TallyHour.last_at,
     ).where(TallyHour.hour >= start, TallyHour.hour < end)
     if area_id is not None:
         statement = statement.where(TallyHour.area_id == area_id)
     people: dict[tuple[int, int], dict] = {}
-    for user_id, row_area, reason, hour, scans, completed in session.execute(statement):
+    for user_id, row_area, reason, hour, scans, completed, first_at, last_at in session.execute(statement):
         person = people.setdefault(
             (user_id, row_area),
-            {"accepted": 0, "rejected": 0, "rejected_by_reason": {}, "parents_completed": 0, "hours": set()},
+            {
+                "accepted": 0,
+                "rejected": 0,
+                "rejected_by_reason": {},
+                "parents_completed": 0,
+                "first_at": None,
+                "last_at": None,
+                "hours": set(),
+            },
         )
+        if first_at is not None and (person["first_at"] is None or first_at < person["first_at"]):
+            person["first_at"] = first_at
+        if last_at is not None and (person["last_at"] is None or last_at > person["last_at"]):
+            person["last_at"] = last_at
         if reason:
             person["rejected"] += scans
             person["rejected_by_reason"][reason] = person["rejected_by_reason"].get(reason, 0) + scans
@@ -196,35 +209,22 @@ def operators_report(session, day: date, area_id: int | None) -> list[dict]:
             person["hours"].add(hour)
     names = dict(session.execute(select(User.id, User.username).where(User.id.in_({key[0] for key in people}))).all())
     codes = dict(session.execute(select(DispatchArea.id, DispatchArea.code)).all())
-    first_id, stop_id = timeline.id_window(session, Scan.id, Scan.at, start, end)
     operators = []
     for (user_id, row_area), person in people.items():
         if not (person["accepted"] or person["rejected"] or person["parents_completed"]):
             continue
-        first_at, last_at = _first_and_last(session, user_id, row_area, first_id, stop_id, start, end)
         active = len(person.pop("hours"))
         operators.append(
             {
                 "user": names.get(user_id) if user_id else None,
                 "area": codes.get(row_area),
                 **person,
-                "first_at": first_at,
-                "last_at": last_at,
                 "active_hours": active,
                 "per_active_hour": round(person["accepted"] / active, 1) if active else 0.0,
             }
         )
     operators.sort(key=lambda row: (row["area"] or "", row["user"] or ""))
     return operators
-
-
-def _first_and_last(session, user_id: int, area_id: int, first_id: int, stop_id: int, start, end):
-    user = Scan.user_id == user_id if user_id else Scan.user_id.is_(None)
-    area = Scan.area_id == area_id if area_id else Scan.area_id.is_(None)
-    window = (user, area, Scan.id >= first_id, Scan.id < stop_id, Scan.at >= start, Scan.at < end)
-    first = session.scalar(select(Scan.at).where(*window).order_by(Scan.id).limit(1))
-    last = session.scalar(select(Scan.at).where(*window).order_by(Scan.id.desc()).limit(1))
-    return first, last
 
 
 def daily_report(session, day: date) -> dict:
@@ -289,3 +289,12 @@ def report_rows(what: str, report) -> list[tuple]:
             row = {**row, "rejected_by_reason": " ".join(f"{reason}={count}" for reason, count in reasons)}
         shaped.append(tuple(row[column] for column in COLUMNS[what]))
     return shaped
+
+
+def report_file(what: str, fmt: str, report) -> bytes:
+    """A report as the bytes of its CSV or XLSX download (``fmt``)."""
+    from .exporting import csv_chunks, xlsx_chunks
+
+    rows = iter(report_rows(what, report))
+    chunks = csv_chunks(what, rows) if fmt == "csv" else xlsx_chunks(what, rows)
+    return b"".join(chunk.encode() if isinstance(chunk, str) else chunk for chunk in chunks)

@@ -167,9 +167,15 @@ def find_violations(session) -> list[str]:
     return violations
 
 
-HOURLY_SCANS = select(TallyHour.hour, TallyHour.area_id, TallyHour.user_id, TallyHour.reason, TallyHour.scans).where(
-    TallyHour.scans != 0
-)
+HOURLY_SCANS = select(
+    TallyHour.hour,
+    TallyHour.area_id,
+    TallyHour.user_id,
+    TallyHour.reason,
+    TallyHour.scans,
+    TallyHour.first_at,
+    TallyHour.last_at,
+).where((TallyHour.scans != 0) | TallyHour.first_at.is_not(None) | TallyHour.last_at.is_not(None))
 HOURLY_COMPLETE = select(TallyHour.area_id, func.sum(TallyHour.parents_complete)).group_by(TallyHour.area_id)
 COMPLETE_BY_AREA = "SELECT area_id, count(*) FROM bag WHERE kind = 'parent' AND status = 'complete' GROUP BY area_id"
 
@@ -177,22 +183,31 @@ COMPLETE_BY_AREA = "SELECT area_id, count(*) FROM bag WHERE kind = 'parent' AND 
 def _hourly_violations(connection) -> list[str]:
     """The per-hour tally the charts and reports read, against the scan log and the bags.
 
-    Each hour, area, user and reason counts the scan-log rows it stands for;
-    the parents completed over all hours of an area are its complete parents.
+    Each hour, area, user and reason counts the scan-log rows it stands for
+    and keeps the time of the first and the last of them; the parents
+    completed over all hours of an area are its complete parents.
     """
-    counted = ledger.scans_by_hour(connection)
-    kept = {tuple(row[:4]): int(row[4]) for row in connection.execute(HOURLY_SCANS)}
+    counted = {
+        key: (found.scans, found.first_at, found.last_at) for key, found in ledger.scans_by_hour(connection).items()
+    }
+    kept = {tuple(row[:4]): (int(row[4]), row[5], row[6]) for row in connection.execute(HOURLY_SCANS)}
+    nothing = (0, None, None)
     areas = dict(connection.execute(text("SELECT id, code FROM dispatch_area")).all())
     users = dict(connection.execute(text("SELECT id, username FROM app_user")).all())
     violations = []
     for key in sorted(set(counted) | set(kept), key=str):
-        if counted.get(key, 0) != kept.get(key, 0):
-            hour, area_id, user_id, reason = key
+        (scans, first_at, last_at), (found, found_first, found_last) = kept.get(key, nothing), counted.get(key, nothing)
+        hour, area_id, user_id, reason = key
+        row = (
+            f"Hourly tally of {hour:%Y-%m-%d %H:%M} UTC, area {areas.get(area_id, 'none')},"
+            f" user {users.get(user_id, 'none')}, {'refusals ' + reason if reason else 'accepted scans'}"
+        )
+        if scans != found:
+            violations.append(f"{row}: {scans} but the scan log holds {found}.")
+        elif (first_at, last_at) != (found_first, found_last):
             violations.append(
-                f"Hourly tally of {hour:%Y-%m-%d %H:%M} UTC, area {areas.get(area_id, 'none')},"
-                f" user {users.get(user_id, 'none')},"
-                f" {'refusals ' + reason if reason else 'accepted scans'}: {kept.get(key, 0)}"
-                f" but the scan log holds {counted.get(key, 0)}."
+                f"{row}: first and last scan {_moment(first_at)} and {_moment(last_at)}"
+                f" but the scan log's are {_moment(found_first)} and {_moment(found_last)}."
             )
     complete = {area_id: int(count) for area_id, count in connection.execute(text(COMPLETE_BY_AREA))}
     shown = {area_id: int(total or 0) for area_id, total in connection.execute(HOURLY_COMPLETE)}
@@ -203,6 +218,10 @@ def _hourly_violations(connection) -> list[str]:
                 f" but {complete.get(area_id, 0)} parents are complete."
             )
     return violations[: EXAMPLES + 1]
+
+
+def _moment(at) -> str:
+    return "none" if at is None else f"{at:%Y-%m-%d %H:%M:%S.%f}"
 
 
 def _tally_violations(session, connection) -> list[str]:

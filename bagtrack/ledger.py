@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import bindparam, insert, literal, select, text
+from sqlalchemy import DateTime, and_, bindparam, func, insert, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -64,10 +65,11 @@ def tally_statement(dialect: str, *, hourly: bool):
     """The one statement that adds to the tally: today's area row and, with ``hourly``, the hour's row.
 
     Parameters: ``area_id``, ``day``, ``shard`` and every tally field; with
-    ``hourly`` also ``hour``, ``user_id``, ``reason``, ``hour_scans`` and
-    ``hour_parents_complete``. On PostgreSQL both rows are written by one
-    statement (the hour's upsert is a CTE of the day's); SQLite cannot, and
-    gets :func:`hour_statement` run after it.
+    ``hourly`` also ``hour``, ``user_id``, ``reason``, ``hour_scans``,
+    ``hour_parents_complete``, ``hour_first_at`` and ``hour_last_at``. On
+    PostgreSQL both rows are written by one statement (the hour's upsert is
+    a CTE of the day's); SQLite cannot, and gets :func:`hour_statement` run
+    after it.
     """
     key = (dialect, "tally", hourly and dialect == "postgresql")
     statement = _statements.get(key)
@@ -91,7 +93,12 @@ def tally_statement(dialect: str, *, hourly: bool):
 
 
 def hour_statement(dialect: str):
-    """The upsert of one row of the per-hour tally (see :func:`tally_statement` for its parameters)."""
+    """The upsert of one row of the per-hour tally (see :func:`tally_statement` for its parameters).
+
+    ``hour_first_at`` and ``hour_last_at`` are the times of the first and last
+    scan added (None when the row gains no scans): the row keeps the earlier
+    and the later of its own and these.
+    """
     table = TallyHour.__table__
     statement = _insert(dialect, table).values(
         hour=bindparam("hour"),
@@ -100,14 +107,31 @@ def hour_statement(dialect: str):
         reason=bindparam("reason"),
         scans=bindparam("hour_scans"),
         parents_complete=bindparam("hour_parents_complete"),
+        first_at=bindparam("hour_first_at"),
+        last_at=bindparam("hour_last_at"),
     )
     return statement.on_conflict_do_update(
         index_elements=["hour", "area_id", "user_id", "reason"],
-        set_={
-            "scans": table.c.scans + statement.excluded.scans,
-            "parents_complete": table.c.parents_complete + statement.excluded.parents_complete,
-        },
+        set_=_hour_sums(dialect, statement),
     )
+
+
+def _hour_sums(dialect: str, statement) -> dict:
+    """What an upsert into the per-hour tally sets: counts added, first and last scan widened."""
+    kept, new = TallyHour.__table__.c, statement.excluded
+    if dialect == "postgresql":
+        # LEAST and GREATEST skip NULLs: a row that gains no scans keeps its times.
+        first_at, last_at = func.least(kept.first_at, new.first_at), func.greatest(kept.last_at, new.last_at)
+    else:
+        # SQLite's min() and max() of several values are NULL when one is.
+        first_at = func.min(func.coalesce(kept.first_at, new.first_at), func.coalesce(new.first_at, kept.first_at))
+        last_at = func.max(func.coalesce(kept.last_at, new.last_at), func.coalesce(new.last_at, kept.last_at))
+    return {
+        "scans": kept.scans + new.scans,
+        "parents_complete": kept.parents_complete + new.parents_complete,
+        "first_at": first_at,
+        "last_at": last_at,
+    }
 
 
 def tally_key(at: datetime) -> dict:
@@ -145,8 +169,8 @@ def tally_upsert_from(area_id, **deltas):
     )
 
 
-def hour_upsert_from(area_id, *, scans, parents_complete):
-    """The hour's tally upsert of an accepted scan as a piece of a larger PostgreSQL statement.
+def hour_upsert_from(area_id, *, at, scans, parents_complete):
+    """The hour's tally upsert of accepted scans logged at ``at`` as a piece of a larger PostgreSQL statement.
 
     Bound by name: ``hour`` (from :func:`tally_key`) and ``user_id``.
     """
@@ -158,15 +182,14 @@ def hour_upsert_from(area_id, *, scans, parents_complete):
         "reason": literal(""),
         "scans": scans,
         "parents_complete": parents_complete,
+        "first_at": at,
+        "last_at": at,
     }
     source = select(*(expression.label(name) for name, expression in columns.items()))
     statement = postgresql.insert(table).from_select(list(columns), source)
     return statement.on_conflict_do_update(
         index_elements=["hour", "area_id", "user_id", "reason"],
-        set_={
-            "scans": table.c.scans + statement.excluded.scans,
-            "parents_complete": table.c.parents_complete + statement.excluded.parents_complete,
-        },
+        set_=_hour_sums("postgresql", statement),
     )
 
 
@@ -189,8 +212,9 @@ def add_to_tally(
     The area's row of the local day of ``at`` (default: now) always; when the
     deltas count scans or completed parents, also the row of that local hour,
     ``user_id`` (None: no user) and ``reason`` (of a refusal; accepted scans
-    count under ''). ``at`` is the scan's own time, so the hour is the one
-    its scan-log row falls in.
+    count under ''). ``at`` is the scan's own time (of every scan counted),
+    so the hour is the one its scan-log rows fall in and ``at`` becomes the
+    hour row's first or last scan when it is earlier or later.
     """
     unknown = set(deltas) - set(TALLY_FIELDS)
     if unknown:
@@ -201,11 +225,14 @@ def add_to_tally(
     dialect = _dialect(session)
     values = {"area_id": area_id, **tally_key(at), **{field: deltas.get(field, 0) for field in TALLY_FIELDS}}
     if hourly:
+        scans = deltas.get("scans_ok", 0) + deltas.get("scans_rejected", 0)
         values.update(
             user_id=user_id or 0,
             reason=(reason or "") if deltas.get("scans_rejected") else "",
-            hour_scans=deltas.get("scans_ok", 0) + deltas.get("scans_rejected", 0),
+            hour_scans=scans,
             hour_parents_complete=deltas.get("parents_complete", 0),
+            hour_first_at=at if scans > 0 else None,
+            hour_last_at=at if scans > 0 else None,
         )
     connection = session.connection()
     connection.execute(tally_statement(dialect, hourly=hourly), values)
@@ -213,8 +240,12 @@ def add_to_tally(
         connection.execute(hour_statement(dialect), values)
 
 
-def add_hours(connection, hours: dict[tuple, list[int]]) -> None:
-    """Add many rows to the per-hour tally: ``{(hour, area_id, user_id, reason): [scans, parents_complete]}``."""
+def add_hours(connection, hours: dict[tuple, list]) -> None:
+    """Add many rows to the per-hour tally.
+
+    ``{(hour, area_id, user_id, reason): [scans, parents_complete, first_at, last_at]}``,
+    the times those of the first and last scan added (None if none is).
+    """
     if hours:
         connection.execute(
             hour_statement(connection.dialect.name),
@@ -226,33 +257,83 @@ def add_hours(connection, hours: dict[tuple, list[int]]) -> None:
                     "reason": reason,
                     "hour_scans": scans,
                     "hour_parents_complete": complete,
+                    "hour_first_at": first_at,
+                    "hour_last_at": last_at,
                 }
-                for (hour, area_id, user_id, reason), (scans, complete) in hours.items()
+                for (hour, area_id, user_id, reason), (scans, complete, first_at, last_at) in hours.items()
             ],
         )
 
 
-def scans_by_hour(connection, condition: str = "true", **params) -> dict[tuple, int]:
+@dataclass
+class HourScans:
+    """The scan-log rows of one per-hour tally row: how many, and the first's and the last's time."""
+
+    scans: int = 0
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    def add(self, scans: int, first_at: datetime, last_at: datetime) -> None:
+        self.scans += scans
+        self.first_at = first_at if self.first_at is None else min(self.first_at, first_at)
+        self.last_at = last_at if self.last_at is None else max(self.last_at, last_at)
+
+
+def scans_by_hour(connection, condition: str = "true", **params) -> dict[tuple, HourScans]:
     """Scan-log rows matching ``condition`` counted as the per-hour tally counts them.
 
-    ``{(hour, area_id, user_id, reason): scans}``: the database groups the
+    ``{(hour, area_id, user_id, reason): HourScans}``: the database groups the
     rows by quarter hour in UTC (every zone's hours start on one), Python
-    turns quarters into local hours.
+    turns quarters into local hours. Moments in ``params`` are bound as timestamps.
     """
     quarter = timeline.quarter_sql(connection.dialect.name, "at")
-    rows = connection.execute(
+    moments = [bindparam(name, type_=DateTime()) for name, value in params.items() if isinstance(value, datetime)]
+    statement = (
         text(
             f"SELECT {quarter}, coalesce(area_id, 0), coalesce(user_id, 0),"
-            " CASE WHEN outcome = 'ok' THEN '' ELSE reason END, count(*)"
+            " CASE WHEN outcome = 'ok' THEN '' ELSE reason END, count(*), min(at) AS first_at, max(at) AS last_at"
             f" FROM scan WHERE {condition} GROUP BY 1, 2, 3, 4"
-        ),
-        params,
+        )
+        .bindparams(*moments)
+        .columns(first_at=DateTime, last_at=DateTime)
     )
-    counts: dict[tuple, int] = {}
-    for quarter_no, area_id, user_id, reason, scans in rows:
+    found: dict[tuple, HourScans] = {}
+    for quarter_no, area_id, user_id, reason, scans, first_at, last_at in connection.execute(statement, params):
         key = (timeline.hour_start(timeline.quarter_moment(quarter_no)), area_id, user_id, reason)
-        counts[key] = counts.get(key, 0) + scans
-    return counts
+        found.setdefault(key, HourScans()).add(scans, first_at, last_at)
+    return found
+
+
+def recount_hour_times(session, start: datetime, end: datetime) -> None:
+    """Set the first and last scan of the per-hour tally's rows of hours ``[start, end)`` from the scan log.
+
+    For after rows were deleted from the log: a row whose scans are all gone
+    keeps no times. Reads the log through the id range of those hours.
+    """
+    first_id, stop_id = timeline.id_window(session, Scan.id, Scan.at, start, end)
+    connection = session.connection()
+    found = scans_by_hour(
+        connection, "id >= :first_id AND id < :stop_id AND at >= :start AND at < :end",
+        first_id=first_id, stop_id=stop_id, start=start, end=end,
+    )  # fmt: skip
+    table = TallyHour.__table__
+    key = (table.c.hour, table.c.area_id, table.c.user_id, table.c.reason)
+    names = [f"b_{column.name}" for column in key]
+    changes = []
+    for *row_key, first_at, last_at in connection.execute(
+        select(*key, table.c.first_at, table.c.last_at).where(table.c.hour >= start, table.c.hour < end)
+    ):
+        counted = found.get(tuple(row_key), HourScans())
+        if (first_at, last_at) != (counted.first_at, counted.last_at):
+            times = {"first_at": counted.first_at, "last_at": counted.last_at}
+            changes.append({**dict(zip(names, row_key, strict=True)), **times})
+    if changes:
+        connection.execute(
+            update(table)
+            .where(and_(*(column == bindparam(name) for column, name in zip(key, names, strict=True))))
+            .values(first_at=bindparam("first_at"), last_at=bindparam("last_at")),
+            changes,
+        )
 
 
 _SCAN_INSERT = insert(Scan.__table__)
@@ -270,9 +351,10 @@ def log_scan(
     area_id: int | None = None,
     reason: str | None = None,
     outcome: str = "ok",
+    at: datetime | None = None,
 ) -> datetime:
-    """Write one scan-log row; returns its time."""
-    at = utcnow()
+    """Write one scan-log row at ``at`` (default: now); returns its time."""
+    at = utcnow() if at is None else at
     session.connection().execute(
         _SCAN_INSERT,
         {

@@ -345,6 +345,8 @@ class TallyHour(db.Model):
     value refusals for that reason. A user scans one thing after another, so
     the row a scan adds to is hardly ever waited on and needs no shards.
     ``parents_complete`` is what the accepted scans of that row changed.
+    ``first_at`` and ``last_at`` are the times of the first and last scan-log
+    row it counts (none when it counts no scans), kept by the same upsert.
     """
 
     __tablename__ = "tally_hour"
@@ -355,6 +357,8 @@ class TallyHour(db.Model):
     reason: Mapped[str] = mapped_column(String(32), primary_key=True)
     scans: Mapped[int] = mapped_column(BigInteger, default=0)
     parents_complete: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class AuditEntry(db.Model):

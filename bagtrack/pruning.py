@@ -11,7 +11,8 @@ there (see :func:`bagtrack.invariants.find_violations`).
 The dashboard sums the tally of every day; to keep that sum small over the
 years, the tally rows of the days before yesterday are folded into one row
 per area and shard, dated ``FOLD_DAY``. The sums do not change. The
-per-hour tally loses the deleted rows' scans too, hour by hour, so the
+per-hour tally loses the deleted rows' scans too, hour by hour, and those
+hours' first and last scans are found again among the rows left, so the
 reports of a pruned day count the rows the log still holds.
 """
 
@@ -27,7 +28,7 @@ from sqlalchemy.orm import aliased
 from . import figures, timeline
 from .audit import record
 from .errors import Refusal
-from .ledger import add_hours
+from .ledger import add_hours, recount_hour_times
 from .models import TALLY_FIELDS, Bag, Scan, User, utcnow
 from .timeline import first_id_from
 
@@ -138,13 +139,16 @@ def prune(session, *, older_than_days: int, dry_run: bool = False, user: User | 
 
 
 def _subtract(session, rows) -> set[int]:
-    """Take deleted scan rows off the tally of their area and local day and hour; returns the areas changed."""
+    """Take deleted scan rows off the tally of their area and local day and hour; returns the areas changed.
+
+    The hours' first and last scans are recounted from the rows left.
+    """
     counts: Counter = Counter()
     hours: dict[tuple, list[int]] = {}
     for area_id, at, outcome, user_id, reason in rows:
         counts[(area_id or 0, timeline.local_day(at), outcome)] += 1
         key = (timeline.hour_start(at), area_id or 0, user_id or 0, reason if outcome == "rejected" else "")
-        hours.setdefault(key, [0, 0])[0] -= 1
+        hours.setdefault(key, [0, 0, None, None])[0] -= 1
     for area_id, day in {(area_id, day) for area_id, day, _ in counts}:
         session.execute(
             _with_days(SUBTRACT_SCANS),
@@ -156,4 +160,7 @@ def _subtract(session, rows) -> set[int]:
             },
         )
     add_hours(session.connection(), hours)
+    if hours:
+        touched = [hour for hour, *_ in hours]
+        recount_hour_times(session, min(touched), max(touched) + timedelta(hours=1))
     return {area_id for area_id, _, _ in counts}

@@ -354,7 +354,9 @@ def _one_statement_child_scan(scoped_to_area: bool):
             "tallied"
         )
     )
-    hour_tallied = hour_upsert_from(linked.c.area_id, scans=literal(1), parents_complete=completed).cte("hour_tallied")
+    hour_tallied = hour_upsert_from(
+        linked.c.area_id, at=bindparam("now"), scans=literal(1), parents_complete=completed
+    ).cte("hour_tallied")
     return select(
         counted.c.id,
         counted.c.status,

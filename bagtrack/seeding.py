@@ -570,7 +570,7 @@ def _add_to_tally(connection, first_bag: int, last_bag: int, bill_ids: list[int]
     )
     days: dict[tuple, list[int]] = {}
     new_scans = ledger.scans_by_hour(connection, "id > :floor", floor=scan_floor)
-    hours = {key: [scans, 0] for key, scans in new_scans.items()}
+    hours = {key: [found.scans, 0, found.first_at, found.last_at] for key, found in new_scans.items()}
     for area_id, quarter_no, *figures in rows:
         moment = timeline.quarter_moment(quarter_no)
         day = days.setdefault((area_id, timeline.local_day(moment)), [0] * len(TALLY_FIELDS))
@@ -578,7 +578,7 @@ def _add_to_tally(connection, first_bag: int, last_bag: int, bill_ids: list[int]
             day[index] += int(value or 0)
         complete = int(figures[TALLY_FIELDS.index("parents_complete")] or 0)
         if complete:
-            hours.setdefault((timeline.hour_start(moment), area_id, 0, ""), [0, 0])[1] += complete
+            hours.setdefault((timeline.hour_start(moment), area_id, 0, ""), [0, 0, None, None])[1] += complete
     if days:
         connection.execute(
             ledger.tally_statement(dialect, hourly=False),

@@ -8,11 +8,14 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import func, select
 
 from bagtrack import billing, floor, scanning, timeline
 from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
+from bagtrack.models import Scan
+from bagtrack.shapes import iso
 
 
 @pytest.fixture
@@ -45,7 +48,14 @@ def test_operator_report_counts_what_the_scan_log_holds(shift):
     assert (north["area"], north["accepted"], north["rejected"], north["parents_completed"]) == ("NORTH", 31, 0, 1)
     assert (south["area"], south["accepted"], south["rejected"]) == ("SOUTH", 2, 2)
     assert south["rejected_by_reason"] == {"wrong_kind": 1, "invalid_qr": 1}
-    assert north["first_at"] <= north["last_at"] and north["active_hours"] >= 1
+    assert north["active_hours"] >= 1
+    # First and last scan (refusals included) are the user's first and last rows in the area's log.
+    for user, row in ((shift["north"], north), (shift["south"], south)):
+        logged = db.session.execute(
+            select(func.min(Scan.at), func.max(Scan.at)).where(Scan.user_id == user.id, Scan.area_id == user.area_id)
+        ).one()
+        assert (row["first_at"], row["last_at"]) == tuple(logged)
+        assert row["first_at"] < row["last_at"]
     assert find_violations(db.session) == []
 
 
@@ -171,7 +181,12 @@ def test_reports_through_gunicorn_in_local_time(make_app, database_url, tmp_path
             body = _http_login(server.base, "office").get(f"{server.base}/api/reports/operators", timeout=5).json()
         finally:
             server.terminate(timeout=30)
+        with cli.app.app_context():
+            logged = db.session.execute(select(func.min(Scan.at), func.max(Scan.at))).one()
+            db.session.remove()
     assert body["day"] == datetime.now(ZoneInfo("Asia/Kolkata")).date().isoformat()
     (row,) = body["operators"]
     assert (row["user"], row["area"], row["accepted"], row["rejected"]) == ("floor", "NORTH", 4, 1)
     assert row["rejected_by_reason"] == {"invalid_qr": 1}
+    # First and last scan as the log holds them: the parent scan, and the refusal.
+    assert (row["first_at"], row["last_at"]) == (iso(logged[0]), iso(logged[1]))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from bagtrack import billing, scanning
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
-from bagtrack.models import Bag, User
+from bagtrack.models import Bag, Scan, User
 
 
 def corrupt(sql: str, **params) -> None:
@@ -84,6 +84,30 @@ def test_missing_scan_row_is_reported(floor):
     assert len(violations) == 4
     assert violations[3].startswith("Hourly tally of ")
     assert violations[3].endswith(", area NORTH, user factory, accepted scans: 36 but the scan log holds 35.")
+
+
+def test_wrong_first_or_last_scan_of_an_hour_is_reported(floor):
+    factory = floor["factory"]
+    first, last = db.session.execute(
+        select(func.min(Scan.at), func.max(Scan.at)).where(
+            Scan.user_id == factory.id, Scan.area_id == floor["full"].area_id, Scan.outcome == "ok"
+        )
+    ).one()
+    corrupt(
+        "UPDATE tally_hour SET last_at = first_at WHERE user_id = :user AND area_id = :area AND reason = ''",
+        user=factory.id,
+        area=floor["full"].area_id,
+    )
+
+    violations = find_violations(db.session)
+
+    assert len(violations) == 1
+    assert violations[0].startswith("Hourly tally of ")
+    assert violations[0].endswith(
+        f", area NORTH, user factory, accepted scans: first and last scan {first:%Y-%m-%d %H:%M:%S.%f}"
+        f" and {first:%Y-%m-%d %H:%M:%S.%f} but the scan log's are {first:%Y-%m-%d %H:%M:%S.%f}"
+        f" and {last:%Y-%m-%d %H:%M:%S.%f}."
+    )
 
 
 def test_bill_counts_and_empty_closed_bill_are_reported(floor):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
-from bagtrack import pruning, scanning, stats, timeline
+from bagtrack import floor, pruning, scanning, stats, timeline
 from bagtrack.errors import Refusal
 from bagtrack.extensions import db
 from bagtrack.invariants import find_violations
@@ -28,13 +28,28 @@ def old_floor(make_parent, make_user):
     scanning.scan_child(db.session, worker, "SB00001", "C0000002")  # double-fired: a duplicate
     with pytest.raises(Refusal):
         scanning.scan_child(db.session, worker, "SB00001", "SB00002")  # refused: wrong_kind
-    long_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=40)
-    db.session.execute(update(Scan).values(at=long_ago))
+    # Moved 40 days back, a second apart, within one hour.
+    long_ago = timeline.hour_start(datetime.now(UTC).replace(tzinfo=None) - timedelta(days=40)) + timedelta(minutes=10)
+    for index, scan_id in enumerate(db.session.scalars(select(Scan.id).order_by(Scan.id)).all()):
+        db.session.execute(update(Scan).where(Scan.id == scan_id).values(at=long_ago + timedelta(seconds=index)))
     db.session.execute(update(Tally).values(day=long_ago.date()))
     db.session.execute(update(TallyHour).values(hour=timeline.hour_start(long_ago)))
+    db.session.execute(text(SCAN_TIMES))
     db.session.commit()
+    assert find_violations(db.session) == []
     make_parent("SB00003", user=worker, children=1)
     return parent
+
+
+# Each per-hour tally row's first and last scan, recounted from the log (all of it in one hour).
+SCAN_TIMES = """
+UPDATE tally_hour SET
+    first_at = (SELECT min(at) FROM scan WHERE {rows}),
+    last_at = (SELECT max(at) FROM scan WHERE {rows})
+""".format(
+    rows="coalesce(scan.user_id, 0) = tally_hour.user_id AND coalesce(scan.area_id, 0) = tally_hour.area_id"
+    " AND CASE WHEN scan.outcome = 'ok' THEN '' ELSE scan.reason END = tally_hour.reason"
+)
 
 
 def figures() -> dict:
@@ -76,12 +91,18 @@ def test_prune_deletes_old_rows_but_keeps_how_children_got_in(runner, make_paren
 def test_prune_works_in_batches(runner, make_parent, make_user, monkeypatch):
     old_floor(make_parent, make_user)
     monkeypatch.setattr(pruning, "BATCH_ROWS", 2)
+    long_ago = db.session.scalar(select(func.min(Scan.at)))
 
     report = pruning.prune(db.session, older_than_days=30)
 
     assert (report.deleted, report.kept) == (5, 2)
     assert count(Scan, Scan.qr == "SB00001") == 0
     assert find_violations(db.session) == []
+    # The old day's report: its first and last scans are those of the rows left.
+    (worker,) = floor.operators_report(db.session, timeline.local_day(long_ago), None)
+    left = select(func.min(Scan.at), func.max(Scan.at)).where(Scan.at < long_ago + timedelta(hours=1))
+    assert (worker["first_at"], worker["last_at"]) == tuple(db.session.execute(left).one())
+    assert worker["first_at"] > long_ago and worker["accepted"] == 2
 
 
 def test_prune_dry_run_changes_nothing(runner, make_parent, make_user):

@@ -291,6 +291,88 @@ def test_dashboard_charts_and_reports_use_indexes(explained, dispatcher, biller,
             expect(biller.get(f"/reports/daily?day={day}&format=csv"), 200)
 
 
+def _relations(node: dict):
+    """Each table and index a plan reads, with how: ``(table, node type, index)`` (a bitmap's index: no table)."""
+    if "Relation Name" in node or "Index Name" in node:
+        yield node.get("Relation Name"), node["Node Type"], node.get("Index Name")
+    for child in node.get("Plans", ()):
+        yield from _relations(child)
+
+
+@pytest.fixture
+def planned(large_site):
+    """Run requests and return what the plans of their statements read: ``{(table, node type, index)}``."""
+    app, _floor = large_site
+    with app.app_context():
+        engine = db.engine
+
+    def read_by(make_requests) -> set[tuple]:
+        statements = []
+
+        def capture(_connection, _cursor, statement, parameters, _context, executemany):
+            if not executemany and statement.lstrip().upper().startswith("SELECT"):
+                statements.append((statement, parameters))
+
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            make_requests()
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            read = set()
+            for statement, parameters in statements:
+                cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
+                read |= set(_relations(cursor.fetchone()[0][0]["Plan"]))
+            connection.rollback()
+        finally:
+            connection.close()
+        return read
+
+    return read_by
+
+
+def test_operator_report_reads_the_hourly_tally_not_the_scan_log(planned, dispatcher, biller, floor):
+    """First and last scans included: the report is one index range of the per-hour tally."""
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date()
+
+    def reports():
+        for user in (dispatcher, biller):
+            body = expect(user.get(f"/api/reports/operators?day={today}"), 200)
+            scanners = [row for row in body["operators"] if row["accepted"] or row["rejected"]]
+            assert scanners and all(row["first_at"] and row["last_at"] for row in scanners)
+            expect(user.get(f"/reports/operators?day={today}&format=csv"), 200)
+        expect(biller.get(f"/api/reports/operators?day={today}&area={floor.other_area}"), 200)
+
+    read = planned(reports)
+
+    assert {table for table, _how, _index in read} & {"scan", "bag", "bill"} == set()
+    assert "pk_tally_hour" in {index for _table, _how, index in read}
+    assert ("tally_hour", "Seq Scan", None) not in read
+
+
+def test_daily_summary_reads_one_day_of_bills_and_audit_entries(large_site, planned, biller):
+    """The bills closed that day by the index on their closing time, who closed them by the audit log's on time."""
+    app, _floor = large_site
+    with app.app_context():
+        closed_at = db.session.scalar(text("SELECT max(closed_at) FROM bill WHERE status = 'closed'"))
+        db.session.remove()
+
+    def reports():
+        body = expect(biller.get(f"/api/reports/daily?day={closed_at.date()}"), 200)
+        assert body["bills"]
+        expect(biller.get(f"/reports/daily?day={closed_at.date()}&format=xlsx"), 200)
+
+    read = planned(reports)
+
+    assert {table for table, _how, _index in read} & {"scan", "bag"} == set()
+    assert {"ix_bill_closed_at", "ix_audit_log_at"} <= {index for _table, _how, index in read}
+    assert {("bill", "Seq Scan", None), ("audit_log", "Seq Scan", None)} & read == set()
+
+
 BAG_FILTERS = [
     "",
     "kind=parent",

@@ -4,9 +4,9 @@ from flask import Flask
 
 
 def register(app: Flask) -> None:
-    from . import prune, seed, site, transfer, users
+    from . import prune, report, seed, site, transfer, users
 
-    for group in (*users.GROUPS, transfer.import_group):
+    for group in (*users.GROUPS, transfer.import_group, report.report_group):
         app.cli.add_command(group)
     for command in (site.bootstrap, site.check, seed.seed, transfer.export, prune.prune):
         app.cli.add_command(command)

@@ -32,11 +32,9 @@ def _report_area() -> int | None:
     return area_id
 
 
-def _download(what: str, fmt: str, day, rows: list[tuple]) -> Response:
-    chunks = exporting.csv_chunks(what, iter(rows)) if fmt == "csv" else exporting.xlsx_chunks(what, iter(rows))
+def _download(what: str, fmt: str, day, report) -> Response:
     headers = {**PRIVATE, "Content-Disposition": f'attachment; filename="{what}-{day.isoformat()}.{fmt}"'}
-    return Response(b"".join(chunk.encode() if isinstance(chunk, str) else chunk for chunk in chunks),
-                    mimetype=exporting.MEDIA_TYPES[fmt], headers=headers)  # fmt: skip
+    return Response(floor.report_file(what, fmt, report), mimetype=exporting.MEDIA_TYPES[fmt], headers=headers)
 
 
 def _format() -> str | None:
@@ -60,7 +58,7 @@ def operators():
     day, fmt, area_id = floor.parse_day(request.args.get("day")), _format(), _report_area()
     rows = floor.operators_report(db.session, day, area_id)
     if fmt:
-        return _download("operators", fmt, day, floor.report_rows("operators", rows))
+        return _download("operators", fmt, day, rows)
     areas = db.session.scalars(select(DispatchArea.code).order_by(DispatchArea.code)).all()
     area = request.args.get("area", "")
     return render_template("reports/operators.html", day=day, operators=rows, areas=areas, area=area)
@@ -80,7 +78,7 @@ def daily():
     day, fmt = floor.parse_day(request.args.get("day")), _format()
     report = floor.daily_report(db.session, day)
     if fmt:
-        return _download("daily", fmt, day, floor.report_rows("daily", report))
+        return _download("daily", fmt, day, report)
     return render_template("reports/daily.html", report=report)
 
 
