@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from . import figures, timeline
 from .codes import QR_MAX_LENGTH
 from .errors import Refusal
-from .models import TALLY_FIELDS, Scan, Tally, TallyHour, User, utcnow
+from .models import OFFICE_TALLY, TALLY_FIELDS, Scan, Tally, TallyHour, User, utcnow
 from .observability import describe_database_error
 
 T = TypeVar("T")
@@ -290,7 +290,7 @@ def scans_by_hour(connection, condition: str = "true", **params) -> dict[tuple, 
     moments = [bindparam(name, type_=DateTime()) for name, value in params.items() if isinstance(value, datetime)]
     statement = (
         text(
-            f"SELECT {quarter}, coalesce(area_id, 0), coalesce(user_id, 0),"
+            f"SELECT {quarter}, coalesce(area_id, {OFFICE_TALLY}), coalesce(user_id, 0),"
             " CASE WHEN outcome = 'ok' THEN '' ELSE reason END, count(*), min(at) AS first_at, max(at) AS last_at"
             f" FROM scan WHERE {condition} GROUP BY 1, 2, 3, 4"
         )
