@@ -324,7 +324,7 @@ def _finish_request(response):
     response.headers[REQUEST_ID_HEADER] = request_id()
     endpoint = request.endpoint or "unmatched"
     method = request.method if request.method in KNOWN_METHODS else "OTHER"
-    REQUEST_SECONDS.labels(endpoint, method, str(response.status_code)).observe(duration_ms / 1000)
+    _request_timer(endpoint, method, response.status_code).observe(duration_ms / 1000)
 
     slow_ms = current_app.config["BAGTRACK_SLOW_REQUEST_MS"]
     slow = bool(slow_ms) and duration_ms >= slow_ms
@@ -347,6 +347,18 @@ def _finish_request(response):
             },
         )
     return response
+
+
+# The histogram's child per label set, looked up once: endpoints, methods and statuses are few.
+_request_timers: dict[tuple[str, str, int], object] = {}
+
+
+def _request_timer(endpoint: str, method: str, status: int):
+    key = (endpoint, method, status)
+    timer = _request_timers.get(key)
+    if timer is None:
+        timer = _request_timers[key] = REQUEST_SECONDS.labels(endpoint, method, str(status))
+    return timer
 
 
 def _username() -> str | None:

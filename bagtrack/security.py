@@ -15,6 +15,7 @@ import time
 from flask import Flask, current_app, flash, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import logout_user, user_logged_in
+from itsdangerous import BadSignature
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
@@ -48,11 +49,66 @@ HSTS = "max-age=31536000; includeSubDomains"
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
+# Session cookies this worker has verified, remembered so that the same cookie is not checked again.
+VERIFIED_COOKIES_MAX = 10_000
+VERIFIED_COOKIE_BYTES_MAX = 4096
+# Values that cannot be changed in place: a remembered session made only of these is copied safely.
+PLAIN_VALUES = (str, int, float, bool, type(None))
+
+
 class SessionCookies(SecureCookieSessionInterface):
-    """The session cookie is ``Secure`` when configured, and on every HTTPS request."""
+    """The session cookie is ``Secure`` when configured, and on every HTTPS request.
+
+    A handheld sends the same cookie with every scan (the session notes its
+    use once a minute), so a cookie whose signature this worker has checked
+    once is remembered with its contents and timestamp: the next request
+    with exactly that cookie skips the HMAC and the decoding, while its age
+    is still checked against the session's lifetime. The signer, built per
+    request by Flask, is built once per secret.
+    """
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
+
+    def _signing(self, app: Flask) -> dict | None:
+        if not app.secret_key:
+            return None
+        secrets = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        signing = app.extensions.get("bagtrack.session_signing")
+        if signing is None or signing["secrets"] != secrets:
+            signing = {"secrets": secrets, "serializer": super().get_signing_serializer(app), "verified": {}}
+            app.extensions["bagtrack.session_signing"] = signing
+        return signing
+
+    def get_signing_serializer(self, app: Flask):
+        signing = self._signing(app)
+        return None if signing is None else signing["serializer"]
+
+    def open_session(self, app: Flask, request):
+        signing = self._signing(app)
+        if signing is None:
+            return None
+        value = request.cookies.get(self.get_cookie_name(app))
+        if not value:
+            return self.session_class()
+        max_age = int(app.permanent_session_lifetime.total_seconds())
+        verified = signing["verified"]
+        known = verified.get(value)
+        if known is not None and 0 <= int(time.time()) - known[0] <= max_age:
+            return self.session_class(known[1])
+        try:
+            data, signed_at = signing["serializer"].loads(value, max_age=max_age, return_timestamp=True)
+        except BadSignature:
+            return self.session_class()
+        if (
+            len(value) <= VERIFIED_COOKIE_BYTES_MAX
+            and isinstance(data, dict)
+            and all(isinstance(item, PLAIN_VALUES) for item in data.values())
+        ):
+            if len(verified) >= VERIFIED_COOKIES_MAX:
+                verified.clear()
+            verified[value] = (int(signed_at.timestamp()), data)
+        return self.session_class(data)
 
 
 def init_app(app: Flask) -> None:

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests of each kind (default 2000)")
     parser.add_argument("--top", type=int, default=0, help="also print the N costliest functions of each kind")
+    parser.add_argument("--dump", metavar="DIR", help="also write each kind's profile to DIR (pstats files)")
     args = parser.parse_args(argv)
     base = os.environ.get("DATABASE_URL", "")
     if not base.startswith("postgresql") or not os.environ.get("REDIS_URL"):
@@ -204,6 +205,9 @@ def measure(args) -> int:
             request()
         profiler.disable()
         stats_ = pstats.Stats(profiler)
+        if args.dump:
+            Path(args.dump).mkdir(parents=True, exist_ok=True)
+            stats_.dump_stats(str(Path(args.dump) / f"{name.strip('/').replace('/', '_').replace(' ', '_')}.pstats"))
         by_layer: Counter = Counter()
         for (filename, _line, function), (_cc, _nc, tottime, _ct, _callers) in stats_.stats.items():
             by_layer[layer_of(filename, function)] += tottime
