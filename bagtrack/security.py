@@ -157,18 +157,22 @@ def session_expired():
 
 
 def add_headers(response):
+    headers = response.headers
+    # One pass over the response's headers, not one per header added.
+    present = {name.lower() for name, _ in headers}
     for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if request.is_secure:
-        response.headers.setdefault("Strict-Transport-Security", HSTS)
+        if name.lower() not in present:
+            headers.add(name, value)
+    if request.is_secure and "strict-transport-security" not in present:
+        headers.add("Strict-Transport-Security", HSTS)
     if request.endpoint == "static":
         filename = (request.view_args or {}).get("filename", "")
         version = request.args.get("v")
         if response.status_code == 200 and version and version == fingerprint(filename):
-            response.headers["Cache-Control"] = IMMUTABLE
-    elif "Cache-Control" not in response.headers:
+            headers["Cache-Control"] = IMMUTABLE
+    elif "cache-control" not in present:
         # Pages and API answers carry user data and change with every scan.
-        response.headers["Cache-Control"] = "no-store"
+        headers.add("Cache-Control", "no-store")
     return response
 
 
