@@ -130,20 +130,23 @@ def stamp_login(sender: Flask, user, **_) -> None:
 
 def enforce_session_lifetime():
     """Log out a session past its lifetime or idle too long; note its use once a minute."""
-    if "_user_id" not in session or request.endpoint in ("static", "auth.login"):
+    # The session and config are read through their proxies once.
+    current = session._get_current_object()
+    if "_user_id" not in current or request.endpoint in ("static", "auth.login"):
         return None
     now = int(time.time())
-    login_at, seen_at = session.get(LOGIN_AT), session.get(SEEN_AT)
+    login_at, seen_at = current.get(LOGIN_AT), current.get(SEEN_AT)
     if login_at is None or seen_at is None:
         # A session from before these clocks existed: they start now.
         stamp_login(current_app, None)
         return None
-    lifetime = current_app.config["PERMANENT_SESSION_LIFETIME"].total_seconds()
-    idle = current_app.config["BAGTRACK_SESSION_IDLE_MINUTES"] * 60
+    config = current_app.config
+    lifetime = config["PERMANENT_SESSION_LIFETIME"].total_seconds()
+    idle = config["BAGTRACK_SESSION_IDLE_MINUTES"] * 60
     if now - login_at >= lifetime or now - seen_at >= idle:
         return session_expired()
     if now - seen_at >= SEEN_EVERY_S:
-        session[SEEN_AT] = now
+        current[SEEN_AT] = now
     return None
 
 
