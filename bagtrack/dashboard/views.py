@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, make_response, render_template, request
 from flask_login import current_user, login_required
 
-from .. import floor, queries
+from .. import queries
 from ..access import area_scope, visible_figures
-from ..cache import dashboard_figures
+from ..cache import dashboard_figures, floor_charts
 from ..extensions import db
 from ..models import utcnow
 from ..replica import reads, reads_from_replica
@@ -23,7 +23,7 @@ def _live_figures() -> dict:
     scope = area_scope(current_user)
     return {
         "figures": visible_figures(current_user, dashboard_figures(db.session, scope)),
-        "charts": floor.floor_charts(db.session, scope, with_bills=current_user.has_role("biller")),
+        "charts": floor_charts(db.session, scope, with_bills=current_user.has_role("biller")),
         "scans": queries.scan_rows(db.session, current_user, limit=RECENT_SCANS),
         "now": utcnow(),
     }
