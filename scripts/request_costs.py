@@ -37,7 +37,17 @@ from sqlalchemy import event  # noqa: E402
 
 # Where a function's own time goes, by the first matching piece of its file path (or name).
 LAYERS = (
-    ("session cookie", ("flask/sessions.py", "itsdangerous", "bagtrack/security.py:enforce_session_lifetime")),
+    (
+        "session cookie",
+        (
+            "flask/sessions.py",
+            "itsdangerous",
+            "bagtrack/security.py:enforce_session_lifetime",
+            "bagtrack/security.py:open_session",
+            "bagtrack/security.py:_signing",
+            "bagtrack/security.py:get_signing_serializer",
+        ),
+    ),
     ("CSRF", ("flask_wtf",)),
     ("login / user snapshot", ("flask_login", "bagtrack/accounts.py")),
     ("limiter", ("flask_limiter", "/limits/", "bagtrack/limits.py", "bagtrack/extensions.py")),
