@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
 UPLOAD_MARK = "bagtrack_accepts_upload"
+# The limit manager's own methods, kept when they are first wrapped.
+RESOLVED_ONCE = "bagtrack_unwrapped_methods"
 
 
 def client_address() -> str:
@@ -166,9 +168,12 @@ def _resolve_once(manager) -> None:
     Flask-Limiter resolves them again for each request (and twice for a route
     with a named scope), evaluating every rate's setting each time; they
     depend only on the app (whose settings are fixed once it is made) and
-    the route. The manager is made anew by each ``limiter.init_app``.
+    the route. The manager belongs to the process's one limiter, which each
+    app made registers its routes with: every ``init_app`` starts the memo
+    afresh, always wrapping the manager's own methods.
     """
-    resolve, exemption_scope = manager.resolve_limits, manager.exemption_scope
+    resolve, exemption_scope = getattr(manager, RESOLVED_ONCE, (manager.resolve_limits, manager.exemption_scope))
+    setattr(manager, RESOLVED_ONCE, (resolve, exemption_scope))
     resolved: dict[tuple, tuple] = {}
     exemptions: dict[tuple, object] = {}
 
