@@ -179,14 +179,14 @@ def _resolve_once(manager) -> None:
 
     def resolve_limits(app, endpoint=None, blueprint=None, callable_name=None, in_middleware=False, marked=False):
         hints = len(manager._endpoint_hints.get(endpoint or "", ()))
-        key = (app, endpoint, blueprint, callable_name, in_middleware, marked, hints)
+        key = (_real(app), endpoint, blueprint, callable_name, in_middleware, marked, hints)
         found = resolved.get(key)
         if found is None:
             found = resolved[key] = resolve(app, endpoint, blueprint, callable_name, in_middleware, marked)
         return found
 
     def exemption_scope_of(app, endpoint, blueprint):
-        key = (app, endpoint, blueprint)
+        key = (_real(app), endpoint, blueprint)
         found = exemptions.get(key)
         if found is None:
             found = exemptions[key] = exemption_scope(app, endpoint, blueprint)
@@ -194,6 +194,11 @@ def _resolve_once(manager) -> None:
 
     manager.resolve_limits = resolve_limits
     manager.exemption_scope = exemption_scope_of
+
+
+def _real(app: Flask) -> Flask:
+    """The app itself: Flask-Limiter passes ``current_app``, one proxy object for every app."""
+    return app._get_current_object() if hasattr(app, "_get_current_object") else app
 
 
 def _allow_uploads() -> None:
