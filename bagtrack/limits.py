@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
 UPLOAD_MARK = "bagtrack_accepts_upload"
+# The limit manager's own methods, kept when they are first wrapped.
+RESOLVED_ONCE = "bagtrack_unwrapped_methods"
 
 
 def client_address() -> str:
@@ -135,6 +137,7 @@ def init_app(app: Flask) -> None:
     """Bind the limiter and put each named scope on the routes it covers (after the blueprints)."""
     app.config.setdefault("RATELIMIT_DEFAULT", default_rate)
     limiter.init_app(app)
+    _resolve_once(limiter.limit_manager)
     if app.config["RATELIMIT_ENABLED"]:
         _limit_routes(app)
     # Before every other hook: CSRF protection reads the form, and with it the body.
@@ -158,6 +161,45 @@ def _limit_routes(app: Flask) -> None:
                 # Shared scopes: every scan route draws on one allowance per user.
                 view = limiter.shared_limit(scope.rate, scope=scope.name, key_func=scope.key, methods=["POST"])(view)
         app.view_functions[rule.endpoint] = view
+
+
+def _resolve_once(manager) -> None:
+    """Work out each route's limits and exemptions once, not on every request.
+
+    Flask-Limiter resolves them again for each request (and twice for a route
+    with a named scope), evaluating every rate's setting each time; they
+    depend only on the app (whose settings are fixed once it is made) and
+    the route. The manager belongs to the process's one limiter, which each
+    app made registers its routes with: every ``init_app`` starts the memo
+    afresh, always wrapping the manager's own methods.
+    """
+    resolve, exemption_scope = getattr(manager, RESOLVED_ONCE, (manager.resolve_limits, manager.exemption_scope))
+    setattr(manager, RESOLVED_ONCE, (resolve, exemption_scope))
+    resolved: dict[tuple, tuple] = {}
+    exemptions: dict[tuple, object] = {}
+
+    def resolve_limits(app, endpoint=None, blueprint=None, callable_name=None, in_middleware=False, marked=False):
+        hints = len(manager._endpoint_hints.get(endpoint or "", ()))
+        key = (_real(app), endpoint, blueprint, callable_name, in_middleware, marked, hints)
+        found = resolved.get(key)
+        if found is None:
+            found = resolved[key] = resolve(app, endpoint, blueprint, callable_name, in_middleware, marked)
+        return found
+
+    def exemption_scope_of(app, endpoint, blueprint):
+        key = (_real(app), endpoint, blueprint)
+        found = exemptions.get(key)
+        if found is None:
+            found = exemptions[key] = exemption_scope(app, endpoint, blueprint)
+        return found
+
+    manager.resolve_limits = resolve_limits
+    manager.exemption_scope = exemption_scope_of
+
+
+def _real(app: Flask) -> Flask:
+    """The app itself: Flask-Limiter passes ``current_app``, one proxy object for every app."""
+    return app._get_current_object() if hasattr(app, "_get_current_object") else app
 
 
 def _allow_uploads() -> None:

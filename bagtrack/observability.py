@@ -232,9 +232,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if has_request_context():
+            current = request._get_current_object()
             entry["request_id"] = g.get("request_id")
-            entry["method"] = request.method
-            entry["path"] = request.path
+            entry["method"] = current.method
+            entry["path"] = current.path
         for field in self.EXTRA_FIELDS:
             value = getattr(record, field, None)
             if value is not None:
@@ -268,10 +269,12 @@ def configure_logging(level: str) -> None:
 
 def request_id() -> str:
     """This request's id, made when first asked for."""
-    if "request_id" not in g:
+    context = g._get_current_object()
+    found = context.get("request_id")
+    if found is None:
         offered = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = offered if SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
-    return g.request_id
+        found = context.request_id = offered if SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    return found
 
 
 # Garbage collection in this process, for the phases of slow requests: a
@@ -312,9 +315,10 @@ def _phases(duration_ms: float) -> dict:
 
 
 def _start_request(sender: Flask, **_extra) -> None:
-    g.request_started = perf_counter()
-    g.gc_ms_at_start = _collections["ms"]
-    g.gc_count_at_start = _collections["count"]
+    context = g._get_current_object()
+    context.request_started = perf_counter()
+    context.gc_ms_at_start = _collections["ms"]
+    context.gc_count_at_start = _collections["count"]
     request_id()
 
 
@@ -322,9 +326,11 @@ def _finish_request(response):
     started = g.get("request_started", perf_counter())
     duration_ms = round((perf_counter() - started) * 1000, 3)
     response.headers[REQUEST_ID_HEADER] = request_id()
-    endpoint = request.endpoint or "unmatched"
-    method = request.method if request.method in KNOWN_METHODS else "OTHER"
-    REQUEST_SECONDS.labels(endpoint, method, str(response.status_code)).observe(duration_ms / 1000)
+    current = request._get_current_object()
+    endpoint = current.endpoint or "unmatched"
+    method = current.method if current.method in KNOWN_METHODS else "OTHER"
+    status = response.status_code
+    _request_timer(endpoint, method, status).observe(duration_ms / 1000)
 
     slow_ms = current_app.config["BAGTRACK_SLOW_REQUEST_MS"]
     slow = bool(slow_ms) and duration_ms >= slow_ms
@@ -335,11 +341,11 @@ def _finish_request(response):
             level,
             "%s%s %s %s",
             prefix,
-            request.method,
-            request.path,
-            response.status_code,
+            current.method,
+            current.path,
+            status,
             extra={
-                "status": response.status_code,
+                "status": status,
                 "duration_ms": duration_ms,
                 "endpoint": endpoint,
                 "user": _username(),
@@ -347,6 +353,18 @@ def _finish_request(response):
             },
         )
     return response
+
+
+# The histogram's child per label set, looked up once: endpoints, methods and statuses are few.
+_request_timers: dict[tuple[str, str, int], object] = {}
+
+
+def _request_timer(endpoint: str, method: str, status: int):
+    key = (endpoint, method, status)
+    timer = _request_timers.get(key)
+    if timer is None:
+        timer = _request_timers[key] = REQUEST_SECONDS.labels(endpoint, method, str(status))
+    return timer
 
 
 def _username() -> str | None:

@@ -261,3 +261,23 @@ def test_a_redis_outage_means_direct_queries_not_errors(make_app, make_user, mak
     second = client.get("/api/stats")
     assert second.status_code == 200 and second.get_json()["bags"]["children"] == 2
     assert time.perf_counter() - started < 2
+
+
+def test_each_worker_reuses_the_charts_it_drew_until_a_scan_in_it(
+    make_app, make_user, make_parent, fresh_prefix, monkeypatch
+):
+    from bagtrack import floor
+
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_LOCAL_S=30)
+    client = log_in(app, make_user())
+    drawn = []
+    original = floor.floor_charts
+    monkeypatch.setattr(floor, "floor_charts", lambda *args, **kwargs: drawn.append(1) or original(*args, **kwargs))
+    assert client.get("/dashboard/live").status_code == 200
+    assert client.get("/").status_code == 200
+    assert len(drawn) == 1
+    with app.app_context():  # the scans below run in this worker
+        # A scan in this worker drops the charts of its area at once.
+        make_parent("SB00009", children=1)
+        assert client.get("/dashboard/live").status_code == 200
+    assert len(drawn) == 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, current_app, make_response, render_template, request
 from flask_login import current_user, login_required
 
-from .. import floor, queries
+from .. import queries
 from ..access import area_scope, visible_figures
 from ..extensions import db
-from ..figures import dashboard_figures
+from ..figures import dashboard_figures, floor_charts
 from ..models import utcnow
 from ..replica import reads, reads_from_replica
 from ..web import before_arg
@@ -23,7 +23,7 @@ def _live_figures() -> dict:
     scope = area_scope(current_user)
     return {
         "figures": visible_figures(current_user, dashboard_figures(db.session, scope)),
-        "charts": floor.floor_charts(db.session, scope, with_bills=current_user.has_role("biller")),
+        "charts": floor_charts(db.session, scope, with_bills=current_user.has_role("biller")),
         "scans": queries.scan_rows(db.session, current_user, limit=RECENT_SCANS),
         "now": utcnow(),
     }
