@@ -170,7 +170,7 @@ def _current(entry: dict, tokens: list) -> bool:
 
 
 def _state() -> dict:
-    return current_app.extensions.setdefault("bagtrack.cache", {"down_until": 0.0, "seen": {}})
+    return current_app.extensions.setdefault("bagtrack.figures", {"down_until": 0.0, "seen": {}})
 
 
 def _available() -> bool:

@@ -52,7 +52,7 @@ LAYERS = (
     ("login / user snapshot", ("flask_login", "bagtrack/accounts.py")),
     ("limiter", ("flask_limiter", "/limits/", "bagtrack/limits.py", "bagtrack/extensions.py")),
     ("Redis client", ("/redis/", "hiredis")),
-    ("cache (figures)", ("flask_caching", "bagtrack/cache.py", "cachelib")),
+    ("cache (figures)", ("flask_caching", "bagtrack/figures.py", "cachelib")),
     ("SQLAlchemy", ("sqlalchemy", "flask_sqlalchemy")),
     ("database driver", ("psycopg2", "psycopg")),
     ("Prometheus metrics", ("prometheus_client",)),

@@ -38,7 +38,7 @@ def counted(app):
         forget_signed_in()
         # Figures cached by an earlier request (floor scans leave them cached) would make this one cheaper.
         figures_cache.clear()
-        app.extensions.get("bagtrack.cache", {}).get("seen", {}).clear()
+        app.extensions.get("bagtrack.figures", {}).get("seen", {}).clear()
         event.listen(engine, "before_cursor_execute", record)
         try:
             yield sent
