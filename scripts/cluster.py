@@ -347,7 +347,7 @@ def prepare_data(stack: Stack) -> dict:
         "from bagtrack.models import Bag, User\n"
         "app = create_app()\n"
         "with app.app_context():\n"
-        f"    first = accounts.create_user(db.session, None, 'scanner00', 'dispatcher', area_code='FLOOR',"
+        f"    first, _ = accounts.create_user(db.session, None, 'scanner00', 'dispatcher', area_code='FLOOR',"
         f" password='{PASSWORD}')\n"
         f"    for number in range(1, {SCANNERS}):\n"
         "        db.session.add(User(username=f'scanner{number:02d}', role='dispatcher', area_id=first.area_id,"

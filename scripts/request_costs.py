@@ -159,7 +159,9 @@ def measure(args) -> int:
         area = DispatchArea(code="COSTS", name="Costs")
         db.session.add(area)
         db.session.commit()
-        user = create_user(db.session, None, "costs", "dispatcher", password="costs-password-1234", area_code="COSTS")
+        user, _ = create_user(
+            db.session, None, "costs", "dispatcher", password="costs-password-1234", area_code="COSTS"
+        )
         db.session.commit()
         engine = db.engine
         user_id = user.id
