@@ -286,7 +286,7 @@ def _one_statement_child_scan(scoped_to_area: bool):
     Counts the child in the parent (the same locking ``UPDATE`` as
     :func:`_open_parent_update`, skipped when the child code is known), inserts
     the child already linked, logs the scan and adds it to the tally: one
-    round trip instead of four. Every part sees the same snapshot, so a child
+    statement instead of four. Every part sees the same snapshot, so a child
     inserted concurrently is caught by the insert's conflict, not the check.
     """
     bag, scan = Bag.__table__, Scan.__table__
@@ -373,7 +373,7 @@ _ONE_STATEMENT_CHILD_SCANS = {}
 
 
 def _new_child_into_open_parent(session, user: User, parent_qr: str, child_qr: str) -> ChildScan | None:
-    """:func:`_new_child_in_steps` in one round trip (PostgreSQL)."""
+    """:func:`_new_child_in_steps` in one statement (PostgreSQL)."""
     scope = area_scope(user)
     statement = _ONE_STATEMENT_CHILD_SCANS.get(scope is not None)
     if statement is None:
