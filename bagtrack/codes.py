@@ -1,4 +1,4 @@
-"""Normalising and classifying scanned codes (QR labels and bill numbers)."""
+"""Normalising and classifying scanned codes (QR labels and bill numbers), and normalising usernames."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ def normalise(raw: str | None) -> str:
     them is ever part of a code.
     """
     return without_controls(raw).strip().translate(ASCII_UPPER)
+
+
+def normalise_username(raw: str | None) -> str:
+    """Trimmed and lower-cased, without control or format characters (a NUL must not reach a query)."""
+    return without_controls(raw).strip().lower()
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import Rule
 
 from . import observability
-from .accounts import DEVICE_COOKIE, PENDING_2FA_KEY, known_usernames, normalise_username
-from .codes import USERNAME_MAX_LENGTH
+from .codes import USERNAME_MAX_LENGTH, normalise_username
 from .extensions import limiter, rate_limit_key
+from .signin import DEVICE_COOKIE, PENDING_2FA_KEY, known_usernames
 from .web import error_page
 
 log = logging.getLogger(__name__)

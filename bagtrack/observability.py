@@ -369,7 +369,7 @@ def _request_timer(endpoint: str, method: str, status: int):
 
 def _username() -> str | None:
     # flask-login keeps the user it loaded in g (a snapshot, see
-    # accounts.SignedInUser); reading it from there never queries the database.
+    # signin.SignedInUser); reading it from there never queries the database.
     user = g.get("_login_user")
     if user is None or isinstance(user, AnonymousUserMixin):
         return None

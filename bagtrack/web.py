@@ -9,10 +9,10 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from . import timeline
-from .accounts import LOGIN_SESSION_KEY, SignedInUser, signed_in_user
 from .codes import QR_MAX_LENGTH, normalise
 from .errors import STATUS_BY_CODE, Refusal
 from .extensions import db, login_manager
+from .signin import LOGIN_SESSION_KEY, SignedInUser, signed_in_user
 
 HTTP_CODES = {
     400: ("invalid_input", "The request was not understood."),

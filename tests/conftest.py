@@ -25,10 +25,10 @@ from sqlalchemy.engine import make_url
 from werkzeug.security import generate_password_hash
 
 from bagtrack import create_app
-from bagtrack.accounts import forget_signed_in
 from bagtrack.config import with_psycopg2
 from bagtrack.extensions import db
 from bagtrack.models import Bag, Bill, DispatchArea, User
+from bagtrack.signin import forget_signed_in
 
 # A cheap hash keeps the suite fast; real users get werkzeug's default.
 PASSWORD_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")

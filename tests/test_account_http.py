@@ -10,7 +10,7 @@ import pytest
 from helpers import JSON, PASSWORD, log_in, new_client
 from sqlalchemy import select
 
-from bagtrack import accounts, config, twofactor
+from bagtrack import accounts, config, signin, twofactor
 from bagtrack.extensions import db
 from bagtrack.models import RecoveryCode, User
 
@@ -97,8 +97,8 @@ def test_the_common_password_list_is_shipped_and_long_passwords_only():
 
 def test_an_unknown_username_costs_a_password_hash_too(app, make_user, monkeypatch):
     checked = []
-    real = accounts.check_password_hash
-    monkeypatch.setattr(accounts, "check_password_hash", lambda *args: checked.append(args) or real(*args))
+    real = signin.check_password_hash
+    monkeypatch.setattr(signin, "check_password_hash", lambda *args: checked.append(args) or real(*args))
     _, response = password_login(app, "nobody-at-all", "some-password")
     assert response.status_code == 401 and len(checked) == 1
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import PASSWORD, refused
 from sqlalchemy import select, update
 
-from bagtrack import accounts
+from bagtrack import accounts, signin
 from bagtrack.extensions import db
 from bagtrack.models import AuditEntry, DispatchArea, User, utcnow
 
@@ -17,11 +17,11 @@ WRONG = "not-the-password"
 
 
 def login(username: str, password: str) -> User:
-    return accounts.authenticate(db.session, username, password)
+    return signin.authenticate(db.session, username, password)
 
 
 def login_refused(username: str, password: str) -> str:
-    with pytest.raises(accounts.LoginRefused) as caught:
+    with pytest.raises(signin.LoginRefused) as caught:
         login(username, password)
     return str(caught.value)
 
@@ -88,7 +88,7 @@ def test_a_locked_account_refuses_even_the_right_password_saying_until_when(work
 def test_a_device_that_logged_in_as_the_user_before_is_not_held_by_the_lock(worker):
     for _ in range(5):
         login_refused("worker", WRONG)
-    assert accounts.authenticate(db.session, "worker", PASSWORD, known_device=True).id == worker.id
+    assert signin.authenticate(db.session, "worker", PASSWORD, known_device=True).id == worker.id
     assert fresh_user("worker").locked_until is None
 
 

@@ -9,7 +9,7 @@ from helpers import post_login, user_row
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
-from bagtrack import accounts
+from bagtrack import signin
 from bagtrack.extensions import db
 from bagtrack.models import DispatchArea, User
 
@@ -122,14 +122,14 @@ def test_users_disable_ends_logging_in(runner, make_user, client):
 def test_users_unlock_lifts_a_lockout(runner, make_user):
     make_user("worker", "dispatcher", "NORTH")
     for _ in range(5):
-        with pytest.raises(accounts.LoginRefused):
-            accounts.authenticate(db.session, "worker", "wrong-password")
+        with pytest.raises(signin.LoginRefused):
+            signin.authenticate(db.session, "worker", "wrong-password")
     assert user_row("worker").is_locked()
 
     result = runner.invoke(args=["users", "unlock", "worker"])
 
     assert result.output == "worker is unlocked.\n"
-    assert accounts.authenticate(db.session, "worker", "secret-pass").username == "worker"
+    assert signin.authenticate(db.session, "worker", "secret-pass").username == "worker"
 
 
 def test_users_reset_password_generates_one_or_takes_the_given_one(runner, make_user):

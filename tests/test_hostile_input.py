@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from bagtrack import billing
-from bagtrack.accounts import AREA_CODE_PATTERN, USERNAME_PATTERN, normalise_username
-from bagtrack.codes import BILL_NO_PATTERN
+from bagtrack.accounts import AREA_CODE_PATTERN, USERNAME_PATTERN
+from bagtrack.codes import BILL_NO_PATTERN, normalise_username
 from bagtrack.errors import STATUS_BY_CODE
 from bagtrack.extensions import db
 from bagtrack.limits import UPLOAD_MARK

@@ -16,9 +16,9 @@ from helpers import JSON
 from sqlalchemy import event
 
 from bagtrack import billing
-from bagtrack.accounts import forget_signed_in
 from bagtrack.extensions import cache as figures_cache
 from bagtrack.extensions import db
+from bagtrack.signin import forget_signed_in
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from bagtrack import create_app, seeding
-from bagtrack.accounts import forget_signed_in
 from bagtrack.extensions import db
+from bagtrack.signin import forget_signed_in
 
 pytestmark = pytest.mark.postgres
 

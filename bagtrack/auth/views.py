@@ -17,21 +17,22 @@ from flask import (
 )
 from flask_login import current_user, login_required, login_user, logout_user
 
-from .. import accounts, twofactor
-from ..accounts import LoginRefused
+from .. import accounts, signin, twofactor
+from ..codes import normalise_username
 from ..errors import Refusal
 from ..extensions import db
 from ..models import User
+from ..signin import LoginRefused
 from ..web import ONCE_HEADERS, json_error, json_ok, refusal_answer, wants_json
 from .forms import CodeForm, LoginForm, PasswordForm
 
 bp = Blueprint("auth", __name__)
 
-PENDING = accounts.PENDING_2FA_KEY
+PENDING = signin.PENDING_2FA_KEY
 PENDING_FOR_S = 300
 # The secret being enrolled, encrypted, until the first code proves the app holds it.
 ENROLLING = "_bagtrack_2fa_enrolling"
-DEVICE_COOKIE = accounts.DEVICE_COOKIE
+DEVICE_COOKIE = signin.DEVICE_COOKIE
 DEVICE_COOKIE_DAYS = 90
 # Pages a user whose role requires two-factor login may see before enrolling.
 BEFORE_ENROLMENT = {"auth.two_factor", "auth.logout", "auth.login", "auth.login_code", "static"}
@@ -56,29 +57,29 @@ def safe_next(target: str | None) -> str:
 
 
 def device_knows(username: str | None) -> bool:
-    return accounts.normalise_username(username) in accounts.known_usernames(request.cookies.get(DEVICE_COOKIE))
+    return normalise_username(username) in signin.known_usernames(request.cookies.get(DEVICE_COOKIE))
 
 
 def start_device_session(user: User) -> None:
     """Log ``user`` in on this device with a session of its own."""
     # A fresh session at login: nothing from before survives (no fixation).
     session.clear()
-    login_session = accounts.start_session(db.session, user)
+    login_session = signin.start_session(db.session, user)
     login_user(user)
-    session[accounts.LOGIN_SESSION_KEY] = login_session
+    session[signin.LOGIN_SESSION_KEY] = login_session
     session.permanent = True
 
 
 def finish_login(user: User, next_page: str | None):
     """Start this device's session for ``user`` and remember the device for the lockout."""
     start_device_session(user)
-    if accounts.needs_2fa_enrolment(user):
+    if signin.needs_2fa_enrolment(user):
         flash("Your role needs two-factor login: set it up to go on.", "error")
         next_page = url_for("auth.two_factor")
     response = redirect(safe_next(next_page), code=303)
     response.set_cookie(
         DEVICE_COOKIE,
-        accounts.remember_username(request.cookies.get(DEVICE_COOKIE), user.username),
+        signin.remember_username(request.cookies.get(DEVICE_COOKIE), user.username),
         max_age=DEVICE_COOKIE_DAYS * 86400,
         secure=bool(current_app.config["SESSION_COOKIE_SECURE"] or request.is_secure),
         httponly=True,
@@ -96,7 +97,7 @@ def login():
     if not form.validate_on_submit():
         return render_template("auth/login.html", form=form, error="Enter your username and password."), 400
     try:
-        user = accounts.authenticate(
+        user = signin.authenticate(
             db.session, form.username.data, form.password.data, known_device=device_knows(form.username.data)
         )
     except LoginRefused as refusal:
@@ -134,7 +135,7 @@ def login_code():
     if not form.validate_on_submit():
         return render_template("auth/code.html", form=form, error="Enter the code from your app."), 400
     try:
-        user = accounts.check_second_factor(db.session, pending["user"], form.code.data)
+        user = signin.check_second_factor(db.session, pending["user"], form.code.data)
     except LoginRefused as refusal:
         return render_template("auth/code.html", form=form, error=str(refusal)), 401
     if user.session_version != pending["version"]:
@@ -147,7 +148,7 @@ def login_code():
 @bp.post("/logout")
 @login_required
 def logout():
-    accounts.end_session(db.session, current_user, session.get(accounts.LOGIN_SESSION_KEY, 0))
+    signin.end_session(db.session, current_user, session.get(signin.LOGIN_SESSION_KEY, 0))
     logout_user()
     session.clear()
     flash("You have logged out on this device.", "ok")
@@ -157,7 +158,7 @@ def logout():
 @bp.post("/account/logout-everywhere")
 @login_required
 def logout_everywhere():
-    accounts.end_all_sessions(db.session, current_user)
+    signin.end_all_sessions(db.session, current_user)
     logout_user()
     session.clear()
     if wants_json():
@@ -215,7 +216,7 @@ def two_factor():
             lambda refusal: _render_two_factor(refusal, secret=secret),
         )
     try:
-        codes = accounts.enrol_2fa(db.session, current_user.id, secret, form.code.data)
+        codes = signin.enrol_2fa(db.session, current_user.id, secret, form.code.data)
     except Refusal as refusal:
         return refusal_answer(refusal, lambda refusal: _render_two_factor(refusal, secret=secret))
     session.pop(ENROLLING, None)
@@ -229,7 +230,7 @@ def _render_two_factor(refusal: Refusal | None = None, secret: str | None = None
         return render_template(
             "auth/two_factor.html",
             enrolled=True,
-            codes_left=accounts.recovery_codes_left(db.session, current_user.id),
+            codes_left=signin.recovery_codes_left(db.session, current_user.id),
             error=refusal.message if refusal else None,
         )
     return render_template(
@@ -249,7 +250,7 @@ def enrol_before_anything_else():
         return None
     if request.endpoint in BEFORE_ENROLMENT or not current_user.is_authenticated:
         return None
-    if not accounts.needs_2fa_enrolment(current_user):
+    if not signin.needs_2fa_enrolment(current_user):
         return None
     if wants_json():
         return json_error("forbidden", "Set up two-factor login at /account/2fa first.", 403)

@@ -9,6 +9,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from .. import accounts
+from ..codes import normalise_username
 from ..errors import Refusal
 from ..extensions import db
 from ..models import DispatchArea, User
@@ -88,7 +89,7 @@ def _change(action, username: str, *args, hints: dict[str, str] | None = None) -
 @click.argument("role", type=click.Choice(["admin", "biller", "dispatcher"]))
 def users_set_role(username: str, role: str) -> None:
     """Change USERNAME's role."""
-    name = accounts.normalise_username(username)
+    name = normalise_username(username)
     hints = {accounts.AREA_BEFORE_DISPATCHER.format(username=name): f" Set it with: users set-area {name} AREA_CODE"}
     user = _change(accounts.set_role, username, role, hints=hints)
     click.echo(f"{user.username} is now {user.role}.")
