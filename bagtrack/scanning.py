@@ -49,6 +49,12 @@ class OpenParent(NamedTuple):
     bill_id: None = None
     kind: str = "parent"
 
+    @classmethod
+    def from_row(cls, row, qr: str) -> OpenParent:
+        """The parent ``qr`` from a row of the locking ``UPDATE … RETURNING`` (with its area's code and name)."""
+        area = AreaRef(row.area_id, row.area_code, row.area_name)
+        return cls(row.id, qr, row.status, row.child_count, row.capacity, row.area_id, area)
+
 
 class NewChild(NamedTuple):
     id: int
@@ -401,15 +407,7 @@ def _new_child_into_open_parent(session, user: User, parent_qr: str, child_qr: s
         _set_child_count(session, row.id, row.child_count - 1)
         return None
     note_changed_tally(session, row.area_id)
-    parent = OpenParent(
-        row.id,
-        parent_qr,
-        row.status,
-        row.child_count,
-        row.capacity,
-        row.area_id,
-        AreaRef(row.area_id, row.area_code, row.area_name),
-    )
+    parent = OpenParent.from_row(row, parent_qr)
     return ChildScan(parent, NewChild(row.child_id, child_qr, row.id), created=True, duplicate=False)
 
 
@@ -461,15 +459,7 @@ def _count_a_child_in_open_parent(session, user: User, parent_qr: str) -> OpenPa
     )
     if row is None:
         return None
-    return OpenParent(
-        row.id,
-        parent_qr,
-        row.status,
-        row.child_count,
-        row.capacity,
-        row.area_id,
-        AreaRef(row.area_id, row.area_code, row.area_name),
-    )
+    return OpenParent.from_row(row, parent_qr)
 
 
 _PARENT_COUNT_UPDATE = (

@@ -266,12 +266,7 @@ class WarehouseUser(FastHttpUser):
         self.get_page("/", "/")
 
     def stats(self) -> None:
-        with self.client.get("/api/stats", name="/api/stats", headers=JSON, catch_response=True) as response:
-            body = answer_json(response)
-            if response.status_code == 200 and body and "bags" in body:
-                response.success()
-            else:
-                refuse(response, body)
+        self.get_json("/api/stats", "/api/stats", "bags")
 
     def dashboard_live(self) -> None:
         """What an open dashboard fetches every few seconds: figures, charts and the latest scans."""
@@ -282,24 +277,10 @@ class WarehouseUser(FastHttpUser):
                 response.failure(f"{response.status_code} on /dashboard/live")
 
     def operators_report(self) -> None:
-        with self.client.get(
-            "/api/reports/operators", name="/api/reports/operators", headers=JSON, catch_response=True
-        ) as response:
-            body = answer_json(response)
-            if response.status_code == 200 and body and "operators" in body:
-                response.success()
-            else:
-                refuse(response, body)
+        self.get_json("/api/reports/operators", "/api/reports/operators", "operators")
 
     def daily_report(self) -> None:
-        with self.client.get(
-            "/api/reports/daily", name="/api/reports/daily", headers=JSON, catch_response=True
-        ) as response:
-            body = answer_json(response)
-            if response.status_code == 200 and body and "totals" in body:
-                response.success()
-            else:
-                refuse(response, body)
+        self.get_json("/api/reports/daily", "/api/reports/daily", "totals")
 
     def seeded_bag(self) -> str:
         bags = SHARED.plan.bags_by_area.get(self.area) or [
@@ -326,6 +307,15 @@ class WarehouseUser(FastHttpUser):
     def filtered_bills(self) -> None:
         query = random.choice(BILL_FILTERS).format(today=time.strftime("%Y-%m-%d", time.gmtime()))
         self.get_page(f"/bills?{query}", "/bills?<filters>")
+
+    def get_json(self, path: str, name: str, key: str) -> None:
+        """GET a JSON answer; a success is a 200 whose body holds ``key``."""
+        with self.client.get(path, name=name, headers=JSON, catch_response=True) as response:
+            body = answer_json(response)
+            if response.status_code == 200 and body and key in body:
+                response.success()
+            else:
+                refuse(response, body)
 
     def get_page(self, path: str, name: str) -> None:
         with self.client.get(path, name=name, headers=PAGE, catch_response=True) as response:

@@ -212,8 +212,11 @@ class Gunicorn:
             self.process.wait(timeout=10)
 
 
-def http_login(base: str, username: str, password: str) -> requests.Session:
-    """A browser-like session logged in through the form; later posts send the CSRF token header."""
+def http_login(base: str, username: str, password: str, *, json: bool = True) -> requests.Session:
+    """A browser-like session logged in through the form; later posts send the CSRF token header.
+
+    With ``json`` every request asks for JSON answers, as the handheld's scripts do; without, pages.
+    """
     session = requests.Session()
     page = session.get(f"{base}/login", timeout=5)
     token = CSRF_META.search(page.text).group(1)
@@ -225,5 +228,5 @@ def http_login(base: str, username: str, password: str) -> requests.Session:
     )
     assert response.status_code == 303, response.text
     token = CSRF_META.search(session.get(f"{base}/scan", timeout=5).text).group(1)
-    session.headers.update({"X-CSRFToken": token, **JSON})
+    session.headers.update({"X-CSRFToken": token, **(JSON if json else {})})
     return session

@@ -126,30 +126,12 @@ def test_unknown_time_zone_stops_the_start(monkeypatch):
         create_app()
 
 
-def _http_login(base: str, username: str):
-    import requests
-    from helpers import CSRF_META, JSON, PASSWORD
-
-    session = requests.Session()
-    token = CSRF_META.search(session.get(f"{base}/login", timeout=5).text).group(1)
-    answer = session.post(
-        f"{base}/login",
-        data={"username": username, "password": PASSWORD, "csrf_token": token},
-        allow_redirects=False,
-        timeout=5,
-    )
-    assert answer.status_code == 303, answer.text
-    token = CSRF_META.search(session.get(f"{base}/scan", timeout=5).text).group(1)
-    session.headers.update({"X-CSRFToken": token, **JSON})
-    return session
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_reports_through_gunicorn_in_local_time(make_app, database_url, tmp_path):
     """Scans through the real server land in the operator report of the local day, in Kolkata."""
     from helpers import PASSWORD
-    from servers import Gunicorn, scratch_database
+    from servers import Gunicorn, http_login, scratch_database
     from sqlalchemy.engine import make_url
 
     name = f"{make_url(database_url).database}_reports"
@@ -170,7 +152,7 @@ def test_reports_through_gunicorn_in_local_time(make_app, database_url, tmp_path
         }
         server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
         try:
-            floor_client = _http_login(server.base, "floor")
+            floor_client = http_login(server.base, "floor", PASSWORD)
             assert floor_client.post(f"{server.base}/scan/parent", data={"qr": "SB00001"}).status_code == 201
             for number in range(3):
                 child = {"parent": "SB00001", "qr": f"KID{number:04d}"}
@@ -178,7 +160,11 @@ def test_reports_through_gunicorn_in_local_time(make_app, database_url, tmp_path
             refused = floor_client.post(f"{server.base}/scan/child", data={"parent": "SB00001", "qr": "!"})
             assert refused.status_code == 400
 
-            body = _http_login(server.base, "office").get(f"{server.base}/api/reports/operators", timeout=5).json()
+            body = (
+                http_login(server.base, "office", PASSWORD)
+                .get(f"{server.base}/api/reports/operators", timeout=5)
+                .json()
+            )
         finally:
             server.terminate(timeout=30)
         with cli.app.app_context():

@@ -94,6 +94,15 @@ def handheld(chromium, **options):
     return context
 
 
+def logged_in_handheld(chromium, base: str, username: str, path: str = "/scan"):
+    """A handheld browser context with ``username`` logged in and ``path`` open: (context, page)."""
+    context = handheld(chromium)
+    page = context.new_page()
+    log_in(page, base, username)
+    page.goto(f"{base}{path}")
+    return context, page
+
+
 def tones(page) -> list[float]:
     """The tones played since the last call."""
     return page.evaluate("() => window.__tones.splice(0)")
@@ -163,10 +172,7 @@ def test_every_page_fits_a_handheld_screen(live, chromium, make_user, make_paren
 
 def test_scans_typed_offline_are_stored_in_order_when_the_network_returns(live, chromium, make_user):
     make_user("floor1", role="dispatcher", area="NORTH")
-    context = handheld(chromium)
-    page = context.new_page()
-    log_in(page, live, "floor1")
-    page.goto(f"{live}/scan")
+    context, page = logged_in_handheld(chromium, live, "floor1")
     expect(page.locator("#queue-box")).to_be_visible()
     snap(page, "waiting")
     scan(page, "SB00010")
@@ -189,10 +195,7 @@ def test_scans_typed_offline_are_stored_in_order_when_the_network_returns(live, 
 
 def test_a_closed_tab_sends_its_queue_when_opened_again_even_offline(live, chromium, make_user):
     make_user("floor1", role="dispatcher", area="NORTH")
-    context = handheld(chromium)
-    page = context.new_page()
-    log_in(page, live, "floor1")
-    page.goto(f"{live}/scan")
+    context, page = logged_in_handheld(chromium, live, "floor1")
     page.evaluate("() => navigator.serviceWorker.ready.then(() => true)")
     scan(page, "SB00020")
     expect(page.locator("#scan-count")).to_have_text("0")
@@ -219,10 +222,7 @@ def test_a_closed_tab_sends_its_queue_when_opened_again_even_offline(live, chrom
 
 def test_sounds_and_the_complete_state(live, chromium, make_user):
     make_user("floor1", role="dispatcher", area="NORTH")
-    context = handheld(chromium)
-    page = context.new_page()
-    log_in(page, live, "floor1")
-    page.goto(f"{live}/scan")
+    context, page = logged_in_handheld(chromium, live, "floor1")
     scan(page, "SB00030")
     expect(page.locator("#scan-feedback")).to_contain_text("SB00030")
     assert tones(page) == ACCEPTED
@@ -263,10 +263,7 @@ def test_sounds_and_the_complete_state(live, chromium, make_user):
 
 def test_a_slow_answer_shows_sending(live, chromium, make_user):
     make_user("floor1", role="dispatcher", area="NORTH")
-    context = handheld(chromium)
-    page = context.new_page()
-    log_in(page, live, "floor1")
-    page.goto(f"{live}/scan?parent=")
+    context, page = logged_in_handheld(chromium, live, "floor1", "/scan?parent=")
     held = []
     page.route("**/scan/parent", lambda route: held.append(route))
     scan(page, "SB00040")
@@ -281,10 +278,7 @@ def test_a_slow_answer_shows_sending(live, chromium, make_user):
 
 def test_an_expired_session_keeps_the_scans_and_logs_in_again_to_the_same_parent(live, chromium, make_user):
     make_user("floor1", role="dispatcher", area="NORTH")
-    context = handheld(chromium)
-    page = context.new_page()
-    log_in(page, live, "floor1")
-    page.goto(f"{live}/scan")
+    context, page = logged_in_handheld(chromium, live, "floor1")
     scan(page, "SB00050")
     expect(page.locator("#scan-count")).to_have_text("0")
     context.clear_cookies()  # the session is gone, as after the idle timeout
@@ -307,10 +301,7 @@ def test_an_expired_session_keeps_the_scans_and_logs_in_again_to_the_same_parent
 def test_a_refused_replay_stays_listed_until_dismissed(live, chromium, make_user, make_parent):
     make_user("floor1", role="dispatcher", area="NORTH")
     make_parent("SB00061", children=1)  # KID of another parent below
-    context = handheld(chromium)
-    page = context.new_page()
-    log_in(page, live, "floor1")
-    page.goto(f"{live}/scan")
+    context, page = logged_in_handheld(chromium, live, "floor1")
     scan(page, "SB00060")
     expect(page.locator("#scan-count")).to_have_text("0")
     taken = db.session.scalar(select(Bag.qr).where(Bag.kind == "child"))
@@ -337,10 +328,7 @@ def test_the_bill_page_queues_confirms_and_shows_recent_scans(live, chromium, ma
     full = make_parent("SB00071", children=3)
     half = make_parent("SB00072", children=1)
     make_bill("B-7", capacity=2)
-    context = handheld(chromium)
-    page = context.new_page()
-    log_in(page, live, "office")
-    page.goto(f"{live}/bills/B-7")
+    context, page = logged_in_handheld(chromium, live, "office", "/bills/B-7")
     scan(page, full.qr)
     expect(page.locator("#load-feedback.feedback-ok")).to_contain_text(f"Loaded {full.qr}")
     assert tones(page) == ACCEPTED

@@ -9,25 +9,10 @@ import pyotp
 import pytest
 import requests
 from helpers import CSRF_META, PASSWORD
-from servers import Gunicorn
+from servers import Gunicorn, http_login
 
 # Each request on a new connection, so both workers answer some of them.
 NEW_CONNECTION = {"Connection": "close", "Accept": "application/json"}
-
-
-def browser_login(base: str, username: str, password: str = PASSWORD) -> requests.Session:
-    """A browser-like session logged in through the form, its CSRF token sent with every later post."""
-    browser = requests.Session()
-    token = CSRF_META.search(browser.get(f"{base}/login", timeout=5).text).group(1)
-    response = browser.post(
-        f"{base}/login",
-        data={"username": username, "password": password, "csrf_token": token},
-        allow_redirects=False,
-        timeout=5,
-    )
-    assert response.status_code == 303, response.text
-    browser.headers["X-CSRFToken"] = CSRF_META.search(browser.get(f"{base}/", timeout=5).text).group(1)
-    return browser
 
 
 def statuses(browser: requests.Session, url: str, count: int) -> list[int]:
@@ -56,13 +41,13 @@ def two_workers(database_url, tmp_path):
 def test_a_new_login_after_its_sessions_ended_is_served_by_every_worker(two_workers, make_user):
     make_user("floor")
     base = two_workers.base
-    old = browser_login(base, "floor")
+    old = http_login(base, "floor", PASSWORD, json=False)
     assert set(statuses(old, f"{base}/api/stats", 20)) == {200}
     old_cookie = old.cookies.get("session")
 
     response = old.post(f"{base}/account/logout-everywhere", allow_redirects=False, timeout=5)
     assert response.status_code == 303
-    new = browser_login(base, "floor")
+    new = http_login(base, "floor", PASSWORD, json=False)
     assert set(statuses(new, f"{base}/api/stats", 32)) == {200}
 
     stale = requests.Session()
@@ -75,7 +60,7 @@ def test_a_new_login_after_its_sessions_ended_is_served_by_every_worker(two_work
 def test_logging_out_one_device_leaves_the_other_served_by_every_worker(two_workers, make_user):
     make_user("floor")
     base = two_workers.base
-    handheld, office = browser_login(base, "floor"), browser_login(base, "floor")
+    handheld, office = http_login(base, "floor", PASSWORD, json=False), http_login(base, "floor", PASSWORD, json=False)
     assert set(statuses(handheld, f"{base}/api/stats", 10)) == {200}
     assert handheld.post(f"{base}/logout", allow_redirects=False, timeout=5).status_code == 303
     assert set(statuses(office, f"{base}/api/stats", 20)) == {200}
@@ -86,7 +71,7 @@ def test_logging_out_one_device_leaves_the_other_served_by_every_worker(two_work
 def test_a_two_factor_login_through_the_server(two_workers, make_user):
     make_user("boss", role="admin", area=None)
     base = two_workers.base
-    browser = browser_login(base, "boss")
+    browser = http_login(base, "boss", PASSWORD, json=False)
     page = browser.get(f"{base}/account/2fa", timeout=5).text
     secret = re.search(r'<code class="totp-secret">([A-Z2-7]+)</code>', page).group(1)
     # The enrolment secret waits in this session's cookie: whichever worker answers knows it.

@@ -288,8 +288,8 @@ def test_bill_list_filters(login_as, office_floor, make_bill):
 @pytest.mark.slow
 def test_corrections_through_gunicorn_while_scanners_work(make_app, database_url, tmp_path):
     """The office removes children and cancels a bill on a real server while two scanners fill the same parent."""
-    from servers import Gunicorn, scratch_database
-    from test_faults import database_name, http_login
+    from servers import Gunicorn, http_login, scratch_database
+    from test_faults import database_name
 
     with scratch_database(database_url, f"{database_name(database_url)}_office") as scratch_url:
         scratch_app = make_app(SQLALCHEMY_DATABASE_URI=scratch_url)

@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 from helpers import PASSWORD, log_in
-from servers import Gunicorn, fetch
+from servers import Gunicorn, fetch, http_login
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import make_url
-from test_faults import http_login
 
 from bagtrack import accounts, queries, replica
 from bagtrack.extensions import db

@@ -88,19 +88,23 @@ def close(qr: str):
     try:
         result = scanning.close_parent(db.session, current_user, qr)
     except Refusal as refusal:
-        return refusal_answer(refusal, page_after_refusal(lambda: find_visible_bag(qr), render_bag))
+        return bag_refusal(refusal, qr)
+    parent = result.parent
+    return parent_changed(result, "is already complete.", f"closed short at {parent.child_count}/{parent.capacity}.")
+
+
+def bag_refusal(refusal: Refusal, qr: str):
+    """A refused action on a bag: JSON, or the bag's page (when it may be seen) with the refusal."""
+    return refusal_answer(refusal, page_after_refusal(lambda: find_visible_bag(qr), render_bag))
+
+
+def parent_changed(result, already: str, changed: str):
+    """The answer to closing or reopening a parent: JSON, or back to its page with what happened."""
     parent = result.parent
     if wants_json():
         return json_ok(duplicate=result.duplicate, parent=parent_json(parent, queries.bill_no_of(db.session, parent)))
-    if result.duplicate:
-        flash(f"Parent bag {parent.qr} is already complete.", "ok")
-    else:
-        flash(f"Parent bag {parent.qr} closed short at {parent.child_count}/{parent.capacity}.", "ok")
+    flash(f"Parent bag {parent.qr} {already if result.duplicate else changed}", "ok")
     return redirect(url_for("bags.detail", qr=parent.qr), code=303)
-
-
-def correction_answer(refusal: Refusal, qr: str):
-    return refusal_answer(refusal, page_after_refusal(lambda: find_visible_bag(qr), render_bag))
 
 
 @bp.post("/bags/<parent>/children/<child>/remove")
@@ -109,7 +113,7 @@ def remove_child(parent: str, child: str):
     try:
         result = corrections.remove_child(db.session, current_user, parent, child, request.form.get("reason"))
     except Refusal as refusal:
-        return correction_answer(refusal, parent)
+        return bag_refusal(refusal, parent)
     if wants_json():
         bill_no = result.bill.bill_no if result.bill is not None else None
         return json_ok(parent=parent_json(result.parent, bill_no), child=result.child.qr)
@@ -123,15 +127,9 @@ def reopen(qr: str):
     try:
         result = corrections.reopen_parent(db.session, current_user, qr, request.form.get("reason"))
     except Refusal as refusal:
-        return correction_answer(refusal, qr)
+        return bag_refusal(refusal, qr)
     parent = result.parent
-    if wants_json():
-        return json_ok(duplicate=result.duplicate, parent=parent_json(parent, queries.bill_no_of(db.session, parent)))
-    if result.duplicate:
-        flash(f"Parent bag {parent.qr} is already open.", "ok")
-    else:
-        flash(f"Parent bag {parent.qr} is open again at {parent.child_count}/{parent.capacity}.", "ok")
-    return redirect(url_for("bags.detail", qr=parent.qr), code=303)
+    return parent_changed(result, "is already open.", f"is open again at {parent.child_count}/{parent.capacity}.")
 
 
 @bp.post("/bags/<qr>/delete")
@@ -140,7 +138,7 @@ def delete(qr: str):
     try:
         deleted = corrections.delete_bag(db.session, current_user, qr, request.form.get("reason"))
     except Refusal as refusal:
-        return correction_answer(refusal, qr)
+        return bag_refusal(refusal, qr)
     if wants_json():
         return json_ok(deleted=deleted)
     flash(f"Bag {deleted} deleted; its scan history stays in the scan log.", "ok")
