@@ -34,6 +34,7 @@ from .ledger import (
     tally_upsert_from,
 )
 from .models import AreaRef, Bag, DispatchArea, Scan, User, utcnow
+from .prepared import Prepared
 
 
 class OpenParent(NamedTuple):
@@ -383,23 +384,21 @@ def _new_child_into_open_parent(session, user: User, parent_qr: str, child_qr: s
     scope = area_scope(user)
     statement = _ONE_STATEMENT_CHILD_SCANS.get(scope is not None)
     if statement is None:
-        statement = _ONE_STATEMENT_CHILD_SCANS[scope is not None] = _one_statement_child_scan(scope is not None)
+        scoped = scope is not None
+        name = "child_scan_in_area" if scoped else "child_scan"
+        statement = _ONE_STATEMENT_CHILD_SCANS[scoped] = Prepared(name, _one_statement_child_scan(scoped))
     now = utcnow()
-    row = (
-        session.connection()
-        .execute(
-            statement,
-            {
-                "parent_qr": parent_qr,
-                "child_qr": child_qr,
-                "scope": scope,
-                "user_id": user.id,
-                "now": now,
-                **tally_key(now),
-            },
-        )
-        .one_or_none()
-    )
+    row = statement.execute(
+        session.connection(),
+        {
+            "parent_qr": parent_qr,
+            "child_qr": child_qr,
+            "scope": scope,
+            "user_id": user.id,
+            "now": now,
+            **tally_key(now),
+        },
+    ).one_or_none()
     if row is None:
         return None
     if row.child_id is None:

@@ -44,6 +44,16 @@ class BagtrackClient(FlaskClient):
         return self.csrf_token
 
 
+def pool_config(database_url: str, **pool) -> dict:
+    """App settings for a pool of its own shape (``pool_size``, ``max_overflow``, ...)."""
+    from bagtrack.config import engine_options
+
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": {**engine_options({}, database_url), **pool},
+    }
+
+
 def new_client(app, address: str | None = None) -> BagtrackClient:
     """A client of ``app`` holding a CSRF token, coming from ``address`` when given."""
     app.test_client_class = BagtrackClient

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from helpers import JSON, PASSWORD, BagtrackClient, log_in
+from helpers import JSON, PASSWORD, BagtrackClient, log_in, pool_config
 from redis import Redis
 from servers import Gunicorn, RedisServer, free_port, http_login, redis_server, scratch_database
 from sqlalchemy import create_engine, event, func, select, text
@@ -208,15 +208,6 @@ def connection_killed_when(app, database_url: str, moment: str, matches=lambda s
         event.remove(engine, name, listener)
 
 
-def pool_config(database_url: str, **pool) -> dict:
-    from bagtrack.config import engine_options
-
-    return {
-        "SQLALCHEMY_DATABASE_URI": database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": {**engine_options({}, database_url), **pool},
-    }
-
-
 def stored_parent(qr: str) -> tuple[int, int, list[str]]:
     """A parent's kept child_count, its recount, and its children, read fresh."""
     db.session.rollback()
@@ -281,7 +272,7 @@ def test_a_connection_killed_before_commit_answers_503_and_writes_nothing(
 
 # A new child is one statement; a loose child goes the long way, statement by statement.
 KILL_POINTS = {
-    "before a new child's scan": (False, lambda statement: "INSERT INTO scan" in statement),
+    "before a new child's scan": (False, lambda sql: "INSERT INTO scan" in sql or "EXECUTE bagtrack_child_scan" in sql),
     "half-way through a loose child's scan": (True, lambda sql: sql.lstrip().startswith("INSERT INTO scan")),
 }
 

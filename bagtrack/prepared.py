@@ -1,0 +1,83 @@
+"""Statements PostgreSQL parses and plans once per connection instead of on every call.
+
+The floor's hottest statement (a new child into an open parent, four writes
+in one statement) costs PostgreSQL more to parse and plan than to run.
+:class:`Prepared` compiles such a statement once, ``PREPARE``\\ s it on each
+pooled connection the first time that connection runs it, and from then on
+sends ``EXECUTE name(...)``: the server reuses its plan. The statement is
+still built with SQLAlchemy in one place; only its delivery changes.
+
+A prepared statement lives in the server session of one connection. Behind
+PgBouncer in transaction mode (``BAGTRACK_DB_PGBOUNCER``) consecutive
+transactions of one client may run on different server connections, so
+there the statement is sent whole, as on any other connection it cannot
+keep. A connection whose prepared statement has gone (``DEALLOCATE``) or can
+no longer run (a migration changed a table it returns rows of) is discarded,
+and the error is one the transaction retries on a fresh connection.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from flask import current_app
+from sqlalchemy.dialects.postgresql import psycopg2 as pg_psycopg2
+from sqlalchemy.exc import DBAPIError
+
+# On a pooled connection's ``info`` (kept as long as the connection): the names prepared on it.
+PREPARED_NAMES = "bagtrack.prepared"
+# The prepared statement is missing, or its plan can no longer return the rows it was prepared for.
+STALE_PGCODES = {"26000", "0A000"}
+
+
+def pg_type(value) -> str | None:
+    """The PostgreSQL type a parameter is declared with, from its Python value (None: cannot tell)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, datetime):
+        return "timestamptz" if value.tzinfo is not None else "timestamp"
+    if isinstance(value, date):
+        return "date"
+    return None
+
+
+class Prepared:
+    """One SQLAlchemy statement, sent as a per-connection prepared statement on PostgreSQL."""
+
+    def __init__(self, name: str, statement) -> None:
+        self.name = name
+        self.statement = statement
+        self._compiled = statement.compile(dialect=pg_psycopg2.dialect(paramstyle="numeric_dollar"))
+        self._order = tuple(self._compiled.positiontup or ())
+        self._arguments = ", ".join(f"%(p{index})s" for index in range(len(self._order)))
+        # One prepared statement per set of parameter types (its name says which).
+        self._signatures: dict[tuple[str, ...], str] = {}
+
+    def execute(self, connection, params: dict):
+        """Run the statement on ``connection`` (a SQLAlchemy Core connection) with ``params``."""
+        values = self._compiled.construct_params(params)
+        types = tuple(pg_type(values[key]) for key in self._order)
+        if None in types or current_app.config["BAGTRACK_DB_PGBOUNCER"]:
+            return connection.execute(self.statement, params)
+        name = self._signatures.get(types)
+        if name is None:
+            name = self._signatures.setdefault(types, f"bagtrack_{self.name}_{len(self._signatures) + 1}")
+        prepared = connection.info.setdefault(PREPARED_NAMES, set())
+        try:
+            if name not in prepared:
+                body = self._compiled.string.replace("%", "%%")
+                connection.exec_driver_sql(f"PREPARE {name} ({', '.join(types)}) AS {body}")
+                prepared.add(name)
+            arguments = {f"p{index}": values[key] for index, key in enumerate(self._order)}
+            return connection.exec_driver_sql(f"EXECUTE {name}({self._arguments})", arguments)
+        except DBAPIError as exc:
+            if getattr(exc.orig, "pgcode", None) in STALE_PGCODES:
+                # Its plan or name is gone on this connection: let the pool replace it.
+                connection.info.pop(PREPARED_NAMES, None)
+                connection.invalidate()
+                exc.connection_invalidated = True
+            raise
