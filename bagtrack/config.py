@@ -348,7 +348,9 @@ def apply_backends(config: dict) -> None:
         config.setdefault("CACHE_TYPE", "RedisCache")
         config.setdefault("CACHE_REDIS_URL", redis_url)
         config.setdefault("CACHE_OPTIONS", redis_options)
-        config.setdefault("RATELIMIT_STORAGE_URI", redis_url)
+        # Counted in Redis, spent by each worker from a local budget (bagtrack.counters).
+        budgeted = redis_url.startswith(("redis://", "rediss://"))
+        config.setdefault("RATELIMIT_STORAGE_URI", f"bagtrack+{redis_url}" if budgeted else redis_url)
         config.setdefault(
             "RATELIMIT_STORAGE_OPTIONS", {**redis_options, "key_prefix": config["CACHE_KEY_PREFIX"] + "limits"}
         )

@@ -27,7 +27,7 @@ from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import Rule
 
-from . import observability
+from . import counters, observability  # noqa: F401 (counters registers the bagtrack+redis:// storage)
 from .codes import USERNAME_MAX_LENGTH, normalise_username
 from .extensions import limiter, rate_limit_key
 from .signin import DEVICE_COOKIE, PENDING_2FA_KEY, known_usernames

@@ -249,7 +249,7 @@ def test_a_redis_outage_means_direct_queries_not_errors(make_app, make_user, mak
         REDIS_URL=UNREACHABLE_REDIS,
         CACHE_TYPE="RedisCache",
         CACHE_REDIS_URL=UNREACHABLE_REDIS,
-        RATELIMIT_STORAGE_URI=UNREACHABLE_REDIS,
+        RATELIMIT_STORAGE_URI=f"bagtrack+{UNREACHABLE_REDIS}",
     )
     parent = make_parent(children=1)
     client = log_in(app, make_user())

@@ -57,7 +57,7 @@ def redis_app(make_app, url: str, **overrides):
         REDIS_URL=url,
         CACHE_TYPE="RedisCache",
         CACHE_REDIS_URL=url,
-        RATELIMIT_STORAGE_URI=url,
+        RATELIMIT_STORAGE_URI=f"bagtrack+{url}",
         CACHE_KEY_PREFIX=f"bagtrack-faults-{uuid.uuid4().hex[:8]}:",
         **overrides,
     )

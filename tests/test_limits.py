@@ -192,7 +192,7 @@ def test_scans_keep_working_and_stay_limited_when_redis_is_down(limited_app, mak
         REDIS_URL=UNREACHABLE_REDIS,
         CACHE_TYPE="RedisCache",
         CACHE_REDIS_URL=UNREACHABLE_REDIS,
-        RATELIMIT_STORAGE_URI=UNREACHABLE_REDIS,
+        RATELIMIT_STORAGE_URI=f"bagtrack+{UNREACHABLE_REDIS}",
         BAGTRACK_LIMIT_SCAN="3/minute",
     )
     parent = make_parent()
