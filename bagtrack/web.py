@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy.exc
-from flask import Flask, Request, jsonify, render_template, request, session, url_for
+from flask import Flask, Request, g, jsonify, render_template, request, session, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
@@ -27,6 +27,8 @@ HTTP_CODES = {
 }
 # For an answer shown once and never again (a generated password, recovery codes): no cache keeps it.
 ONCE_HEADERS = {"Cache-Control": "no-store"}
+# Where a request keeps the start of its bag links (see bag_url_builder).
+BAG_URL_PREFIX = "bagtrack_bag_url_prefix"
 # Seconds a client should wait after a 503 (the pool and connect timeouts are a few seconds).
 RETRY_AFTER_S = 5
 
@@ -138,10 +140,31 @@ def local_time(moment, pattern: str = "%Y-%m-%d %H:%M") -> str:
     return "" if moment is None else timeline.local(moment).strftime(pattern)
 
 
+def bag_url_builder(app: Flask):
+    """``bag_url(qr)`` for templates: ``url_for("bags.detail", qr=qr)``, with the route built once per request.
+
+    Pages link every code they show (a parent's children, fifty scans, the
+    dashboard's latest scans); building each link through the URL map was
+    about a seventh of such a page's CPU. The code is quoted by the route's
+    own converter, so the links are the ones ``url_for`` makes.
+    """
+    segment = app.url_map.converters["default"](app.url_map).to_url
+
+    def bag_url(qr: str) -> str:
+        prefix = g.get(BAG_URL_PREFIX)
+        if prefix is None:
+            prefix = url_for("bags.detail", qr="-")[:-1]
+            setattr(g, BAG_URL_PREFIX, prefix)
+        return prefix + segment(qr)
+
+    return bag_url
+
+
 def init_app(app: Flask) -> None:
     app.request_class = FormRequest
     app.add_template_filter(local_time)
     app.add_template_filter(lambda number: f"{number:,}", "thousands")
+    app.add_template_global(bag_url_builder(app), "bag_url")
 
     @login_manager.user_loader
     def load_user(user_id: str) -> SignedInUser | None:
@@ -179,7 +202,7 @@ def init_app(app: Flask) -> None:
         # Pool exhausted, database unreachable or a statement timed out: tell the
         # client to come back shortly. The error page is drawn for an anonymous
         # user so that rendering it does not ask the database again.
-        from flask import current_app, g
+        from flask import current_app
 
         from .observability import describe_database_error
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from flask import url_for
 from helpers import JSON
 from sqlalchemy import select
 
@@ -235,3 +236,12 @@ def test_close_short_needs_a_csrf_token(biller, make_parent):
     response = biller.post("/bags/SB00001/close", headers=JSON)
     assert response.status_code == 400 and response.get_json()["error"] == "csrf_failed"
     assert status_of("SB00001") == "open"
+
+
+@pytest.mark.parametrize("script_root", ["", "/warehouse"])
+def test_bag_links_are_the_ones_url_for_makes(app, script_root):
+    bag_url = app.jinja_env.globals["bag_url"]
+    with app.test_request_context("/", base_url=f"http://handheld.example{script_root}"):
+        for qr in ("SB00001", "C000000001", "A-B 7/ü?#%"):
+            assert bag_url(qr) == url_for("bags.detail", qr=qr)
+        assert bag_url("SB00001") == f"{script_root}/bags/SB00001"
