@@ -100,7 +100,10 @@ def floor_charts(session, area_id: int | None, *, with_bills: bool):
 
     Screens poll the dashboard every few seconds; within that second a
     worker draws the charts it already read instead of running their seven
-    statements again. Dropped with the figures of the same scope.
+    statements again. Scans on the floor leave them to that second (on a
+    busy floor some scan lands in every second, and dropping the charts
+    would redraw them for every screen); office writes drop them with the
+    figures of the same scope.
     """
     local_s = current_app.config["BAGTRACK_STATS_LOCAL_S"]
     key = _charts_key("all" if area_id is None else str(area_id), with_bills)
@@ -122,8 +125,8 @@ def announce(scan_kind: str | None, area_ids: Iterable[int]) -> None:
     """Called by the ledger after a commit that changed the tallies of ``area_ids`` (one scan of ``scan_kind``).
 
     A scan on the floor (a parent started or resumed, a child put into or
-    taken out of one) drops this worker's remembered figures of its area;
-    the shared entry expires within its TTL. Any other write (closing a
+    taken out of one) drops this worker's remembered figures of its area
+    (its charts keep their second); the shared entry expires within its TTL. Any other write (closing a
     parent short, loading or unloading one, corrections, imports, and with
     no scan kind) stamps a new token on its area's figures; a change to the
     office tally (bills created, closed, reopened or cancelled) on the bill
@@ -135,21 +138,22 @@ def announce(scan_kind: str | None, area_ids: Iterable[int]) -> None:
             if area_id == OFFICE_TALLY:
                 _write_tokens(["bills"])
             elif scan_kind in FLOOR_SCANS:
-                _forget_seen([str(area_id), "all"])
+                _forget_seen([str(area_id), "all"], charts=False)
             else:
                 _write_tokens([str(area_id), "all"])
     except Exception:
         log.exception("announcing changed figures failed")
 
 
-def _forget_seen(scopes: list[str]) -> None:
+def _forget_seen(scopes: list[str], *, charts: bool = True) -> None:
     seen = _state()["seen"]
     if "bills" in scopes:
         seen.clear()  # every scope shows the bill figures
     for scope in scopes:
         seen.pop(scope, None)
-        seen.pop(_charts_key(scope, True), None)
-        seen.pop(_charts_key(scope, False), None)
+        if charts:
+            seen.pop(_charts_key(scope, True), None)
+            seen.pop(_charts_key(scope, False), None)
 
 
 def _entry_key(scope: str) -> str:
