@@ -50,7 +50,16 @@ LAYERS = (
     ),
     ("CSRF", ("flask_wtf",)),
     ("login / user snapshot", ("flask_login", "bagtrack/signin.py")),
-    ("limiter", ("flask_limiter", "/limits/", "bagtrack/limits.py", "bagtrack/extensions.py")),
+    (
+        "limiter",
+        (
+            "flask_limiter",
+            "/limits/",
+            "bagtrack/limits.py",
+            "bagtrack/counters.py",
+            "bagtrack/extensions.py",
+        ),
+    ),
     ("Redis client", ("/redis/", "hiredis")),
     ("cache (figures)", ("flask_caching", "bagtrack/figures.py", "cachelib")),
     ("SQLAlchemy", ("sqlalchemy", "flask_sqlalchemy")),
