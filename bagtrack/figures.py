@@ -1,7 +1,7 @@
-"""The dashboard figures, served from the cache and invalidated by the events that change them.
+"""The dashboard figures and charts, served from the cache and invalidated by the events that change them.
 
-Figures are cached per area scope (one entry per dispatch area, one for all
-areas). An entry is fresh for ``BAGTRACK_STATS_TTL_S`` seconds (5 by default)
+Figures, and the dashboard's charts, are cached per area scope (one entry
+per dispatch area, one for all areas). An entry is fresh for ``BAGTRACK_STATS_TTL_S`` seconds (5 by default)
 and only while nothing it sums has changed since: the office's writes
 (bills, loading, closing a parent short, imports) announce, after their
 commit, which tallies they changed (:func:`announce`), and
@@ -13,10 +13,11 @@ Scans on the floor (parents, children, undo) arrive many times a second and
 announce nothing to Redis: the figures they change are at most one TTL old,
 which is what the dashboard promises, and a scan costs no Redis write.
 
-Each worker also keeps the figures it last saw for
+Each worker also keeps the figures and charts it last saw for
 ``BAGTRACK_STATS_LOCAL_S`` seconds (1 s by default), so a dashboard polled by
 many screens costs no round trip to Redis; a write in the same worker drops
-them at once, a write in another worker is seen within that second.
+them at once (a floor scan, only the figures), a write in another worker is
+seen within that second.
 
 When an entry is stale, one worker (the holder of a short lock) recomputes it
 while the others serve the stale entry; with no entry at all they wait briefly
@@ -41,7 +42,7 @@ from .models import OFFICE_TALLY
 log = logging.getLogger(__name__)
 
 # Bump when the shape of a cached entry changes: a deploy then never reads the old shape.
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2
 NAMESPACE = f"v{CACHE_SCHEMA}:figures"
 # A recomputation takes milliseconds; the lock only outlives a worker that died holding it.
 LOCK_MS = 2000
@@ -60,61 +61,58 @@ def dashboard_figures(session, area_id: int | None) -> dict:
     recomputing it. A cache failure falls back to computing the figures.
     """
     scope = "all" if area_id is None else str(area_id)
-    seen = _state()["seen"].get(scope)
+    return _served(scope, scope, lambda: stats.tally_figures(session, area_id))
+
+
+def floor_charts(session, area_id: int | None, *, with_bills: bool):
+    """The dashboard's charts (:func:`floor.floor_charts`), cached like the figures of the same scope.
+
+    Drawing them takes seven statements and a few milliseconds of a worker;
+    screens poll the dashboard every few seconds, and on a busy floor every
+    dashboard would draw them again. Scans on the floor leave a worker's
+    remembered charts to their second (some scan lands in every second);
+    office writes drop them with the figures.
+    """
+    scope = "all" if area_id is None else str(area_id)
+    name = _charts_key(scope, with_bills)
+    return _served(name, scope, lambda: floor.floor_charts(session, area_id, with_bills=with_bills))
+
+
+def _served(name: str, scope: str, compute):
+    """The cached value ``name`` of an area ``scope``, computed by one worker at a time when it is stale."""
+    seen = _state()["seen"].get(name)
     if seen is not None and seen[0] > time.monotonic():
         observability.count_cache(hit=True)
         return seen[1]
-    keys = (_entry_key(scope), _token_key(scope), _token_key("bills"))
+    keys = (_entry_key(name), _token_key(scope), _token_key("bills"))
     entry, *tokens = _read(keys)
     if entry is not None and _current(entry, tokens):
         observability.count_cache(hit=True)
-        return _remember(scope, entry["figures"])
-    lock = _take_lock(scope)
+        return _remember(name, entry["value"])
+    lock = _take_lock(name)
     if lock is None:
         # Another worker is recomputing (or the cache is down): serve what there is.
-        served = entry["figures"] if entry is not None else _wait_for_entry(keys)
+        served = entry["value"] if entry is not None else _wait_for_entry(keys)
         observability.count_cache(hit=served is not None)
-        return served if served is not None else stats.tally_figures(session, area_id)
+        return served if served is not None else compute()
     observability.count_cache(hit=False)
     try:
-        figures = stats.tally_figures(session, area_id)
-        _store(keys[0], {"figures": figures, "at": time.time(), "tokens": tokens})
+        value = compute()
+        _store(keys[0], {"value": value, "at": time.time(), "tokens": tokens})
     finally:
         _release(lock)
-    return _remember(scope, figures)
+    return _remember(name, value)
 
 
-def _remember(scope: str, figures: dict) -> dict:
+def _remember(name: str, value):
     local_s = current_app.config["BAGTRACK_STATS_LOCAL_S"]
     if local_s > 0:
-        _state()["seen"][scope] = (time.monotonic() + local_s, figures)
-    return figures
+        _state()["seen"][name] = (time.monotonic() + local_s, value)
+    return value
 
 
 # Scans on the floor: many a second, so they drop only this worker's remembered figures.
 FLOOR_SCANS = ("parent", "child", "undo")
-
-
-def floor_charts(session, area_id: int | None, *, with_bills: bool):
-    """The dashboard's charts (:func:`floor.floor_charts`), reused by this worker for ``BAGTRACK_STATS_LOCAL_S``.
-
-    Screens poll the dashboard every few seconds; within that second a
-    worker draws the charts it already read instead of running their seven
-    statements again. Scans on the floor leave them to that second (on a
-    busy floor some scan lands in every second, and dropping the charts
-    would redraw them for every screen); office writes drop them with the
-    figures of the same scope.
-    """
-    local_s = current_app.config["BAGTRACK_STATS_LOCAL_S"]
-    key = _charts_key("all" if area_id is None else str(area_id), with_bills)
-    seen = _state()["seen"]
-    found = seen.get(key)
-    if found is not None and found[0] > time.monotonic():
-        return found[1]
-    charts = floor.floor_charts(session, area_id, with_bills=with_bills)
-    if local_s > 0:
-        seen[key] = (time.monotonic() + local_s, charts)
-    return charts
 
 
 def _charts_key(scope: str, with_bills: bool) -> str:
@@ -256,5 +254,5 @@ def _wait_for_entry(keys: tuple[str, ...]) -> dict | None:
         time.sleep(POLL_S)
         entry, *tokens = _read(keys)
         if entry is not None and _current(entry, tokens):
-            return entry["figures"]
+            return entry["value"]
     return None
