@@ -58,6 +58,10 @@ FLOOR_MIX = (
 # What a supervisor asks the scan log and the office asks the bill list.
 SCAN_FILTERS = ("outcome=rejected", "reason=duplicate", "kind=parent", "reason=parent_full", "from={today}")
 BILL_FILTERS = ("status=open", "q=BL-0", "q=hamburg", "status=closed&from={today}")
+# The baseline app's routes by mode. In paired rounds both apps' users are up
+# at once: whoever the current mode is not for waits it out.
+BASELINE_ROUTES = {"noop": ("GET", "/noop"), "redis": ("GET", "/redis"), "write": ("POST", "/write")}
+IDLE_S = 0.2
 # One biller action in this many reads the day's dispatch summary instead of loading.
 DAILY_REPORT_EVERY = 20
 BILL_CAPACITY = 20
@@ -196,6 +200,8 @@ class WarehouseUser(FastHttpUser):
         getattr(self, self.next_action())()
 
     def next_action(self) -> str:
+        if SHARED.mode in BASELINE_ROUTES:
+            return "idle"
         if SHARED.mode == "scan":
             return "child_scan"
         if SHARED.mode == "stats":
@@ -204,6 +210,9 @@ class WarehouseUser(FastHttpUser):
 
     def floor_action(self) -> str:
         raise NotImplementedError
+
+    def idle(self) -> None:
+        time.sleep(IDLE_S)
 
     # Scanning: one request per action, so every phase counts requests alike.
 
@@ -422,7 +431,6 @@ class BaselineUser(FastHttpUser):
     """Hammers one route of ``scripts/baseline_app.py``: the physical ceiling of this machine."""
 
     wait_time = paced_wait
-    ROUTES = {"noop": ("GET", "/noop"), "redis": ("GET", "/redis"), "write": ("POST", "/write")}
 
     def on_start(self) -> None:
         self.action_started = time.monotonic()
@@ -430,7 +438,10 @@ class BaselineUser(FastHttpUser):
     @task
     def hit(self) -> None:
         self.action_started = time.monotonic()
-        method, path = self.ROUTES[SHARED.mode]
+        if SHARED.mode not in BASELINE_ROUTES:
+            time.sleep(IDLE_S)
+            return
+        method, path = BASELINE_ROUTES[SHARED.mode]
         with self.client.request(method, path, name=f"baseline {path}", headers=JSON, catch_response=True) as response:
             if response.status_code == 200:
                 response.success()
