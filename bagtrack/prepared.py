@@ -39,7 +39,8 @@ def pg_type(value) -> str | None:
     if isinstance(value, str):
         return "text"
     if isinstance(value, datetime):
-        return "timestamptz" if value.tzinfo is not None else "timestamp"
+        # Stored moments are naive UTC; an aware one is sent whole (statements are told apart by Python type).
+        return "timestamp" if value.tzinfo is None else None
     if isinstance(value, date):
         return "date"
     return None
@@ -53,27 +54,28 @@ class Prepared:
         self.statement = statement
         self._compiled = statement.compile(dialect=pg_psycopg2.dialect(paramstyle="numeric_dollar"))
         self._order = tuple(self._compiled.positiontup or ())
-        self._arguments = ", ".join(f"%(p{index})s" for index in range(len(self._order)))
-        # One prepared statement per set of parameter types (its name says which).
-        self._signatures: dict[tuple[str, ...], str] = {}
+        # Per set of the parameters' Python types: its name, its PREPARE and its EXECUTE (None: not preparable).
+        self._signatures: dict[tuple[type, ...], tuple[str, str, str] | None] = {}
 
     def execute(self, connection, params: dict):
         """Run the statement on ``connection`` (a SQLAlchemy Core connection) with ``params``."""
-        values = self._compiled.construct_params(params)
-        types = tuple(pg_type(values[key]) for key in self._order)
-        if None in types or current_app.config["BAGTRACK_DB_PGBOUNCER"]:
+        if current_app.config["BAGTRACK_DB_PGBOUNCER"]:
             return connection.execute(self.statement, params)
-        name = self._signatures.get(types)
-        if name is None:
-            name = self._signatures.setdefault(types, f"bagtrack_{self.name}_{len(self._signatures) + 1}")
+        values = self._compiled.construct_params(params)
+        arguments = tuple(values[key] for key in self._order)
+        signature = tuple(map(type, arguments))
+        if signature not in self._signatures:
+            self._signatures[signature] = self._statements_for(arguments)
+        statements = self._signatures[signature]
+        if statements is None:
+            return connection.execute(self.statement, params)
+        name, prepare, execute = statements
         prepared = connection.info.setdefault(PREPARED_NAMES, set())
         try:
             if name not in prepared:
-                body = self._compiled.string.replace("%", "%%")
-                connection.exec_driver_sql(f"PREPARE {name} ({', '.join(types)}) AS {body}")
+                connection.exec_driver_sql(prepare)
                 prepared.add(name)
-            arguments = {f"p{index}": values[key] for index, key in enumerate(self._order)}
-            return connection.exec_driver_sql(f"EXECUTE {name}({self._arguments})", arguments)
+            return connection.exec_driver_sql(execute, arguments)
         except DBAPIError as exc:
             if getattr(exc.orig, "pgcode", None) in STALE_PGCODES:
                 # Its plan or name is gone on this connection: let the pool replace it.
@@ -81,3 +83,14 @@ class Prepared:
                 connection.invalidate()
                 exc.connection_invalidated = True
             raise
+
+    def _statements_for(self, arguments: tuple) -> tuple[str, str, str] | None:
+        """The name, ``PREPARE`` and ``EXECUTE`` for parameters like ``arguments`` (None: a type it cannot declare)."""
+        types = [pg_type(value) for value in arguments]
+        if None in types:
+            return None
+        name = f"bagtrack_{self.name}_{len(self._signatures) + 1}"
+        body = self._compiled.string.replace("%", "%%")
+        prepare = f"PREPARE {name} ({', '.join(types)}) AS {body}"
+        execute = f"EXECUTE {name}({', '.join(['%s'] * len(arguments))})"
+        return name, prepare, execute
