@@ -101,6 +101,10 @@ def days_chosen(args) -> dict:
     return {name: args.get(name).strip() for name in ("from", "to") if (args.get(name) or "").strip()}
 
 
+# The scan's parent bag, aliased once: building an alias copies every column of the table.
+SCAN_PARENT = aliased(Bag, name="scan_parent")
+
+
 def scan_rows(
     session,
     user: User,
@@ -112,7 +116,7 @@ def scan_rows(
     filters: ScanFilters | None = None,
 ):
     """Scan log rows the user may see, newest first, with names instead of ids."""
-    parent = aliased(Bag)
+    parent = SCAN_PARENT
     statement = (
         select(
             Scan.id,
