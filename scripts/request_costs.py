@@ -4,8 +4,9 @@
 
 Builds bagtrack on a scratch database of its own (``<database>_costs``, made
 and dropped here), logs a dispatcher in through the test client and sends
-child scans (each a new child into an open parent) and ``/api/stats``
-requests. Each kind is first timed without the profiler (process CPU per
+child scans (each a new child into an open parent), ``/api/stats``
+requests, and three pages: the dashboard, a filled parent's page and the
+scan log (``--kinds`` picks some). Each kind is first timed without the profiler (process CPU per
 request, the least of ``--rounds`` rounds), then profiled with cProfile on the process CPU clock; each
 function's own time is summed by the package it lives in, and the shares are
 applied to the unprofiled CPU, so the table shows microseconds per request by
@@ -68,10 +69,14 @@ LAYERS = (
     ("JSON log line", ("logging/", "bagtrack/observability.py", "json/")),
     ("security headers", ("bagtrack/security.py",)),
     ("compression", ("flask_compress", "gzip", "zlib", "brotli")),
-    ("templates", ("jinja2", "markupsafe")),
+    ("templates", ("jinja2", "markupsafe", "bagtrack/templates/")),
     ("domain (bagtrack)", ("bagtrack/",)),
     ("Flask / Werkzeug", ("flask/", "werkzeug", "blinker", "click")),
 )
+
+
+FIRST_PARENT = 10_000
+KINDS = ("child scan", "/api/stats", "dashboard", "bag page", "scan log")
 
 
 def layer_of(filename: str, function: str) -> str:
@@ -133,7 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each kind; the least counts (3)")
     parser.add_argument("--top", type=int, default=0, help="also print the N costliest functions of each kind")
     parser.add_argument("--dump", metavar="DIR", help="also write each kind's profile to DIR (pstats files)")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"comma-separated requests to measure, of: {', '.join(KINDS)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    args.kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+    unknown = set(args.kinds) - set(KINDS)
+    if unknown:
+        parser.error(f"unknown kinds: {', '.join(sorted(unknown))}")
     base = os.environ.get("DATABASE_URL", "")
     if not base.startswith("postgresql") or not os.environ.get("REDIS_URL"):
         raise SystemExit("request_costs: set DATABASE_URL (PostgreSQL) and REDIS_URL")
@@ -181,9 +195,11 @@ def measure(args) -> int:
     client.post("/login", data={"username": "costs", "password": "costs-password-1234", "csrf_token": token})
     page = client.get("/scan").get_data(as_text=True)
     headers = {"Accept": "application/json", "X-CSRFToken": page.split('name="csrf-token" content="')[1].split('"')[0]}
+    # As a browser and the load generator ask: compressed answers, when worth it.
+    client.environ_base["HTTP_ACCEPT_ENCODING"] = "gzip, deflate, br"
 
     numbers = iter(range(10**9))
-    parents = iter(range(10_000, 99_999))
+    parents = iter(range(FIRST_PARENT, 99_999))
     state = {"parent": None, "filled": 0}
 
     def child_scan():
@@ -203,6 +219,17 @@ def measure(args) -> int:
         response = client.get("/api/stats", headers={"Accept": "application/json"})
         assert response.status_code == 200
 
+    def page(path: str):
+        def get():
+            response = client.get(path() if callable(path) else path)
+            assert response.status_code == 200, response.status_code
+
+        return get
+
+    def full_parent() -> str:
+        # The first parent the child scans filled: its page lists its children and its latest scans.
+        return f"/bags/SB{FIRST_PARENT:05d}"
+
     statements = Counter()
 
     @event.listens_for(engine, "before_cursor_execute")
@@ -211,7 +238,16 @@ def measure(args) -> int:
 
     print(f"{args.requests} requests of each kind, in-process (test client), PostgreSQL + Redis\n")
     results = {}
-    for name, request in (("child scan", child_scan), ("/api/stats", stats)):
+    kinds = {
+        "child scan": child_scan,
+        "/api/stats": stats,
+        "dashboard": page("/"),
+        "bag page": page(full_parent),
+        "scan log": page("/scans"),
+    }
+    for _ in range(60):
+        child_scan()  # a filled parent and a scan log for the pages to show
+    for name, request in ((name, kinds[name]) for name in args.kinds):
         for _ in range(200):
             request()  # warm: statement caches, the figures' cache, the user snapshot
         # The least of several timed rounds: on a shared machine other work only ever adds to a round.
