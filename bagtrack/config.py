@@ -215,8 +215,11 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         # Two-factor login: roles that must enrol, and the key that encrypts secrets (default: from SECRET_KEY).
         "BAGTRACK_2FA_REQUIRED_ROLES": env_roles(environ, "BAGTRACK_2FA_REQUIRED_ROLES"),
         "BAGTRACK_2FA_KEY": env_str(environ, "BAGTRACK_2FA_KEY"),
-        # How long requests share a snapshot of the logged-in user (0: read it every request).
+        # How soon other workers see a change of a user: with Redis, how often each looks at the users'
+        # token; without it, how long requests share a snapshot of the logged-in user (0: read it every
+        # request). With Redis a snapshot lives up to BAGTRACK_USER_CACHE_MAX_S while no change is told.
         "BAGTRACK_USER_CACHE_S": env_float(environ, "BAGTRACK_USER_CACHE_S", 2.0),
+        "BAGTRACK_USER_CACHE_MAX_S": env_float(environ, "BAGTRACK_USER_CACHE_MAX_S", 60.0),
         # The warehouse's clock: "today", day boundaries and every time shown on a page.
         "BAGTRACK_TIMEZONE": env_timezone(environ, "BAGTRACK_TIMEZONE", "UTC"),
         # How often the dashboard asks for fresh figures and charts.

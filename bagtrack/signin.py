@@ -3,18 +3,20 @@
 A wrong password or code counts towards the lockout; a device cookie lists
 the usernames a device has logged in as, which the lockout and the username
 limit spare. A request learns who is asking from :func:`signed_in_user`, a
-snapshot of the user shared for ``BAGTRACK_USER_CACHE_S`` seconds; every
-change of a user in this process forgets it (:func:`forget_signed_in`).
+snapshot of the user that requests share; every change of a user in this
+process forgets it (:func:`forget_signed_in`) and, through Redis, tells the
+other workers to forget theirs.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import secrets
 import time
 from datetime import datetime, timedelta
 
-from flask import current_app
+from flask import current_app, has_app_context
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import case, delete, func, or_, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -23,6 +25,7 @@ from . import twofactor
 from .audit import record
 from .codes import USERNAME_MAX_LENGTH, normalise_username
 from .errors import Refusal
+from .extensions import cache
 from .ledger import in_transaction
 from .models import AreaRef, Identity, LoginSession, RecoveryCode, User, utcnow
 
@@ -38,14 +41,23 @@ PENDING_2FA_KEY = "_bagtrack_2fa_pending"
 DEVICE_COOKIE = "bagtrack_device"
 
 
+log = logging.getLogger(__name__)
+
+# Every change of a user stamps a new random token here; workers compare it with the one they last saw.
+USERS_TOKEN_KEY = "v1:users:token"
+
+
 class SignedInUser(Identity):
     """The logged-in user as a request sees it: a read-only snapshot of the row.
 
-    Requests share the snapshot for ``BAGTRACK_USER_CACHE_S`` seconds, so a
-    scan or a dashboard poll costs no database round trip just to learn who
-    is asking. Every change of a user in this process forgets it at once;
-    another worker sees a role change, a disable or a logout within that
-    many seconds.
+    Requests share the snapshot, so a scan or a dashboard poll costs no
+    database round trip just to learn who is asking. Every change of a user
+    in this process forgets it at once. Other workers see a role change, a
+    disable or a logout within ``BAGTRACK_USER_CACHE_S`` seconds: with Redis,
+    each worker looks at the users' token that every change stamps at most
+    that often and keeps snapshots up to ``BAGTRACK_USER_CACHE_MAX_S`` while
+    it is unchanged; without Redis (or while it fails) a snapshot lives
+    ``BAGTRACK_USER_CACHE_S`` seconds.
     """
 
     def __init__(self, user: User, live_sessions: frozenset[int]):
@@ -67,6 +79,7 @@ class SignedInUser(Identity):
         )
 
 
+# user id -> (when it was read, on the monotonic clock; the snapshot)
 _signed_in: dict[int, tuple[float, SignedInUser]] = {}
 
 
@@ -81,10 +94,10 @@ def signed_in_user(session, user_id: int, session_version: int, login_session: i
     afresh and the cookie judged on the rows. An older cookie, or a session
     that has ended, is refused.
     """
-    ttl = current_app.config["BAGTRACK_USER_CACHE_S"]
+    lifetime = _snapshot_lifetime()
     now = time.monotonic()
     cached = _signed_in.get(user_id)
-    if cached is None or cached[0] <= now or cached[1].is_newer(session_version, login_session):
+    if cached is None or now - cached[0] >= lifetime or cached[1].is_newer(session_version, login_session):
         # One round trip: the user, once per live session of theirs.
         rows = session.execute(
             select(User, LoginSession.id)
@@ -96,8 +109,8 @@ def signed_in_user(session, user_id: int, session_version: int, login_session: i
             _signed_in.pop(user_id, None)
             return None
         live = frozenset(login_session_id for _, login_session_id in rows if login_session_id is not None)
-        cached = (now + ttl, SignedInUser(rows[0][0], live))
-        if ttl > 0:
+        cached = (now, SignedInUser(rows[0][0], live))
+        if lifetime > 0:
             _signed_in[user_id] = cached
     snapshot = cached[1]
     if (
@@ -109,12 +122,63 @@ def signed_in_user(session, user_id: int, session_version: int, login_session: i
     return snapshot
 
 
+def _snapshot_lifetime() -> float:
+    """How long a snapshot may be used: long while the users' token is watched, else ``BAGTRACK_USER_CACHE_S``.
+
+    The token is read from Redis at most once per ``BAGTRACK_USER_CACHE_S``
+    per worker; a token other than the one seen before drops every snapshot.
+    When Redis fails it is left alone for ``BAGTRACK_REDIS_RETRY_S``, and
+    snapshots meanwhile live their short life.
+    """
+    config = current_app.config
+    short = config["BAGTRACK_USER_CACHE_S"]
+    watch = _watch()
+    if short <= 0 or watch is None:
+        return short
+    now = time.monotonic()
+    if now >= watch["next_look"]:
+        try:
+            token = cache.get(USERS_TOKEN_KEY)
+        except Exception:
+            log.warning("reading the users' token failed; user snapshots live %s s", short, exc_info=True)
+            watch.update(next_look=now + config["BAGTRACK_REDIS_RETRY_S"], watching=False)
+            return short
+        if token != watch["token"]:
+            _signed_in.clear()
+        watch.update(token=token, next_look=now + short, watching=True)
+    return max(short, config["BAGTRACK_USER_CACHE_MAX_S"]) if watch["watching"] else short
+
+
+def _watch() -> dict | None:
+    """This worker's view of the users' token; None when the cache is not shared (no Redis)."""
+    state = current_app.extensions.get("bagtrack.users_token")
+    if state is None:
+        shared = getattr(cache.cache, "_write_client", None) is not None
+        state = {"shared": shared, "token": None, "next_look": 0.0, "watching": False}
+        current_app.extensions["bagtrack.users_token"] = state
+    return state if state["shared"] else None
+
+
 def forget_signed_in(user_id: int | None = None) -> None:
-    """Drop the snapshot of one user (``None``: of everyone)."""
+    """Drop the snapshot of one user (``None``: of everyone); a user's change is also told to other workers.
+
+    Called after the change is committed, so no worker can read the old rows
+    once it has seen the new token.
+    """
     if user_id is None:
         _signed_in.clear()
-    else:
-        _signed_in.pop(user_id, None)
+        return
+    _signed_in.pop(user_id, None)
+    if has_app_context() and _watch() is not None:
+        try:
+            cache.set(USERS_TOKEN_KEY, secrets.token_hex(8), timeout=0)
+        except Exception:
+            log.warning(
+                "telling other workers that user %s changed failed; they see it within %s s",
+                user_id,
+                current_app.config["BAGTRACK_USER_CACHE_MAX_S"],
+                exc_info=True,
+            )
 
 
 class LoginRefused(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -9,7 +10,7 @@ import pyotp
 import pytest
 import requests
 from helpers import CSRF_META, PASSWORD
-from servers import Gunicorn, http_login
+from servers import Gunicorn, flask_command, http_login
 
 # Each request on a new connection, so both workers answer some of them.
 NEW_CONNECTION = {"Connection": "close", "Accept": "application/json"}
@@ -95,3 +96,40 @@ def test_a_two_factor_login_through_the_server(two_workers, make_user):
     )
     assert answer.status_code == 303 and answer.headers["Location"] == "/"
     assert set(statuses(second, f"{base}/api/stats", 10)) == {200}
+
+
+# The snapshot's one statement: the user's row with its live login sessions.
+USER_READ = "FROM app_user LEFT OUTER JOIN login_session"
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_workers_keep_a_user_until_a_change_is_told_and_see_it_at_once(database_url, make_user, tmp_path):
+    """With Redis, an unchanged user is not read again per request; a disable from the command line reaches both
+    workers within ``BAGTRACK_USER_CACHE_S``, though their snapshots could live a minute."""
+    make_user("floor")
+    redis_url = os.environ["REDIS_URL"]
+    environment = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "login-serving-test-secret-login-serving",
+        "BAGTRACK_USER_CACHE_S": "0.2",
+        # Every statement is logged, so the log shows each read of the user.
+        "BAGTRACK_SLOW_QUERY_MS": "0.001",
+    }
+    server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
+    try:
+        browser = http_login(server.base, "floor", PASSWORD)
+        reads = server.log().count(USER_READ)
+        for _ in range(3):
+            assert set(statuses(browser, f"{server.base}/api/stats", 10)) == {200}
+            time.sleep(0.5)
+        # Each worker read the user once, though every batch came after the snapshot's short life.
+        assert server.log().count(USER_READ) - reads <= 2
+
+        flask_command(database_url, "users", "disable", "floor", environment={"REDIS_URL": redis_url})
+        time.sleep(0.5)
+        assert set(statuses(browser, f"{server.base}/api/stats", 10)) == {401}
+    finally:
+        server.kill()
