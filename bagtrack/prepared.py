@@ -23,6 +23,8 @@ from datetime import date, datetime
 from flask import current_app
 from sqlalchemy.dialects.postgresql import psycopg2 as pg_psycopg2
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
 
 # On a pooled connection's ``info`` (kept as long as the connection): the names prepared on it.
 PREPARED_NAMES = "bagtrack.prepared"
@@ -46,13 +48,36 @@ def pg_type(value) -> str | None:
     return None
 
 
+def _constants_written_in(statement):
+    """``statement`` with its constants (kinds, statuses, counts) written into its text as literals.
+
+    Only the values a caller passes (its ``bindparam`` calls without a value)
+    stay parameters: the new child's statement has eight instead of 31, and
+    each one is adapted by psycopg2 and sent in the ``EXECUTE`` on every call.
+    """
+
+    def replace(element):
+        if not isinstance(element, BindParameter):
+            return None
+        clone = element._clone()
+        if element.required:
+            clone.required = False  # compiled here without values; every call passes them all
+        elif element.callable is None:
+            clone.literal_execute = True
+        return clone
+
+    return visitors.replacement_traverse(statement, {}, replace)
+
+
 class Prepared:
     """One SQLAlchemy statement, sent as a per-connection prepared statement on PostgreSQL."""
 
     def __init__(self, name: str, statement) -> None:
         self.name = name
         self.statement = statement
-        self._compiled = statement.compile(dialect=pg_psycopg2.dialect(paramstyle="numeric_dollar"))
+        self._compiled = _constants_written_in(statement).compile(
+            dialect=pg_psycopg2.dialect(paramstyle="numeric_dollar"), compile_kwargs={"render_postcompile": True}
+        )
         self._order = tuple(self._compiled.positiontup or ())
         # Per set of the parameters' Python types: its name, its PREPARE and its EXECUTE (None: not preparable).
         self._signatures: dict[tuple[type, ...], tuple[str, str, str] | None] = {}
@@ -61,8 +86,7 @@ class Prepared:
         """Run the statement on ``connection`` (a SQLAlchemy Core connection) with ``params``."""
         if current_app.config["BAGTRACK_DB_PGBOUNCER"]:
             return connection.execute(self.statement, params)
-        values = self._compiled.construct_params(params)
-        arguments = tuple(values[key] for key in self._order)
+        arguments = tuple(params[key] for key in self._order)
         signature = tuple(map(type, arguments))
         if signature not in self._signatures:
             self._signatures[signature] = self._statements_for(arguments)

@@ -60,6 +60,12 @@ def test_new_children_reuse_one_prepared_statement(make_app, make_user, make_par
     # A dispatcher's scans are scoped to their area: one statement, prepared once, run six times.
     assert prepared_statements(app) == {"bagtrack_child_scan_in_area_1": 6}
     assert children_and_scans(parent.qr) == (6, 6, 6)
+    # Kinds, statuses and counts are written into the statement: its parameters are the scan's own values.
+    with app.app_context():
+        types = db.session.scalar(text("SELECT parameter_types::text FROM pg_prepared_statements"))
+        db.session.rollback()
+    # The moment, child, user, parent, area, day, shard and hour.
+    assert len(types.strip("{}").split(",")) == 8, types
 
 
 def test_a_connection_that_lost_its_prepared_statement_is_replaced(make_app, make_user, make_parent, database_url):
