@@ -200,6 +200,8 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "SECRET_KEY": secret_key,
         "SQLALCHEMY_DATABASE_URI": database_url,
         "REDIS_URL": redis_url,
+        # Where this site's keys start in Redis (several sites, or test servers, may share one).
+        "CACHE_KEY_PREFIX": env_str(environ, "BAGTRACK_CACHE_PREFIX") or "bagtrack:",
         # Domain rules.
         "BAGTRACK_PARENT_QR": env_pattern(environ, "BAGTRACK_PARENT_QR", r"^SB\d{5}$"),
         "BAGTRACK_CHILD_QR": env_pattern(environ, "BAGTRACK_CHILD_QR", r"^[A-Z0-9]{4,20}$"),

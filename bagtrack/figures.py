@@ -21,7 +21,9 @@ seen within that second.
 
 When an entry is stale, one worker (the holder of a short lock) recomputes it
 while the others serve the stale entry; with no entry at all they wait briefly
-for the holder. Every cache call fails open: a Redis error means a direct
+for the holder. An entry that is only old (nothing it sums was announced
+since) is recomputed beside the request that found it, in a greenlet of its
+own under gevent, and that request serves the old entry. Every cache call fails open: a Redis error means a direct
 query, and Redis is left alone for ``BAGTRACK_REDIS_RETRY_S`` seconds so an
 outage costs one timeout, not one per request.
 """
@@ -33,7 +35,7 @@ import secrets
 import time
 from collections.abc import Iterable
 
-from flask import current_app, render_template
+from flask import copy_current_request_context, current_app, has_request_context, render_template
 from markupsafe import Markup
 
 from . import floor, observability, stats
@@ -102,6 +104,10 @@ def _served(name: str, scope: str, compute):
         served = entry["value"] if entry is not None else _wait_for_entry(keys)
         observability.count_cache(hit=served is not None)
         return served if served is not None else compute()
+    if entry is not None and entry.get("tokens") == tokens and _recompute_beside(keys[0], tokens, compute, lock):
+        # Only old, with nothing it sums announced since: this request serves it.
+        observability.count_cache(hit=True)
+        return _remember(name, entry["value"])
     observability.count_cache(hit=False)
     try:
         value = compute()
@@ -109,6 +115,41 @@ def _served(name: str, scope: str, compute):
     finally:
         _release(lock)
     return _remember(name, value)
+
+
+def _recompute_beside(key: str, tokens: list, compute, lock: str) -> bool:
+    """Recompute an entry in a greenlet of its own, beside the request that found it old (False: not under gevent).
+
+    A recomputation on the request path made that request the floor's
+    slowest; under gevent the request serves the old entry at once and the
+    worker recomputes it while the request's answer goes out. A recomputation
+    after an announced write still happens on the request path, so the
+    writer's next page shows its write.
+    """
+    if not (_under_gevent() and has_request_context()):
+        return False
+    import gevent
+
+    @copy_current_request_context
+    def recompute() -> None:
+        try:
+            _store(key, {"value": compute(), "at": time.time(), "tokens": tokens})
+        except Exception:
+            log.exception("recomputing %s failed; the next request tries again", key)
+        finally:
+            _release(lock)
+
+    gevent.spawn(recompute)
+    return True
+
+
+def _under_gevent() -> bool:
+    """Whether this process runs on gevent (gunicorn's gevent workers patch the socket module)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("socket")
 
 
 def _remember(name: str, value):

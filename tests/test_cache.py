@@ -300,3 +300,55 @@ def test_workers_share_the_charts_one_of_them_drew(make_app, make_user, fresh_pr
     for app in (first, second, first):
         assert log_in(app, "worker").get("/dashboard/live").status_code == 200
     assert len(drawn) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_an_old_entry_is_recomputed_beside_the_request_that_found_it(database_url, make_user, make_parent, tmp_path):
+    """Under gunicorn's gevent workers: past its TTL the entry is served at once and recomputed in a greenlet of
+    its own, so no request but the very first waits for the figures' statement; the new figures follow."""
+    import json
+    import os
+
+    from helpers import PASSWORD
+    from servers import Gunicorn, http_login
+
+    parent_qr = make_parent().qr
+    make_user("floor")
+    environment = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "SECRET_KEY": "figures-serving-test-secret-figures-serving",
+        "BAGTRACK_CACHE_PREFIX": f"bagtrack-test-{uuid.uuid4().hex[:8]}:",
+        "BAGTRACK_STATS_TTL_S": "0.5",
+        "BAGTRACK_STATS_LOCAL_S": "0",
+        # Every request and every statement is logged with its request id.
+        "BAGTRACK_SLOW_REQUEST_MS": "0.001",
+        "BAGTRACK_SLOW_QUERY_MS": "0.001",
+    }
+    server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
+    try:
+        browser = http_login(server.base, "floor", PASSWORD)
+        stats_url = f"{server.base}/api/stats"
+        before = browser.get(stats_url, timeout=5).json()["bags"]["children"]
+        scan = browser.post(f"{server.base}/scan/child", data={"parent": parent_qr, "qr": "BESIDE001"}, timeout=5)
+        assert scan.status_code == 201, scan.text
+        time.sleep(0.7)
+        seen, deadline = [], time.monotonic() + 5
+        while time.monotonic() < deadline and (not seen or seen[-1] != before + 1):
+            seen.append(browser.get(stats_url, timeout=5).json()["bags"]["children"])
+            time.sleep(0.05)
+        assert seen[-1] == before + 1, seen
+    finally:
+        server.terminate(timeout=30)
+    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    stats_requests = [entry["request_id"] for entry in entries if entry.get("endpoint") == "api.stats"]
+    figures_statements = {
+        entry.get("request_id") for entry in entries if "sum(CASE WHEN (tally." in entry.get("statement", "")
+    }
+    assert len(stats_requests) == len(seen) + 1
+    # The first request found no entry and computed it; every later one found one, fresh or only old.
+    assert stats_requests[0] in figures_statements
+    assert not figures_statements & set(stats_requests[1:]), figures_statements
+    assert len(figures_statements) >= 2

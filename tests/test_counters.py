@@ -118,7 +118,7 @@ def test_a_scan_limit_holds_across_gunicorn_workers(database_url, make_user, mak
         "DATABASE_URL": database_url,
         "REDIS_URL": os.environ["REDIS_URL"],
         "SECRET_KEY": "counters-serving-test-secret-counters",
-        "CACHE_KEY_PREFIX": f"bagtrack-test-{uuid.uuid4().hex[:8]}:",
+        "BAGTRACK_CACHE_PREFIX": f"bagtrack-test-{uuid.uuid4().hex[:8]}:",
         "BAGTRACK_LIMIT_SCAN": "20/minute",
     }
     server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
