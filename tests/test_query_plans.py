@@ -511,12 +511,6 @@ NEWEST_SCANS_ACCEPTED = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="PostgreSQL bets that a reason is spread evenly over time and walks the primary key backwards;"
-    " a range on the reason avoids it but underestimates the matches, and then sorts all refusals",
-)
 @pytest.mark.parametrize("role", ["dispatcher", "biller"])
 def test_scan_log_reason_filter_reads_its_index_when_the_newest_scans_are_accepted(explained, request, role):
     user = request.getfixturevalue(role)
