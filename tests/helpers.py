@@ -6,11 +6,12 @@ Fixtures live in ``conftest.py``; test modules import these helpers from here.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 import pytest
 from flask import g, has_app_context
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from bagtrack.errors import Refusal
 from bagtrack.extensions import db
@@ -105,3 +106,21 @@ def refused_http(response, status: int, code: str) -> dict:
     assert body["ok"] is False and body["error"] == code, body
     assert body["message"]
     return body
+
+
+@contextmanager
+def statements_sent(app, wanted):
+    """Collects the statements ``app`` sends for which ``wanted(statement)`` is true."""
+    seen: list[str] = []
+
+    def before(_conn, _cursor, statement, *_args):
+        if wanted(statement):
+            seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)

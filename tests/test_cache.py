@@ -6,12 +6,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 
 import pytest
-from helpers import JSON, log_in
+from helpers import JSON, log_in, statements_sent
 from prometheus_client import REGISTRY
-from sqlalchemy import event
 
 from bagtrack import figures, stats
 from bagtrack.extensions import cache, db
@@ -19,22 +17,11 @@ from bagtrack.extensions import cache, db
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 
 
-@contextmanager
 def tally_queries(app):
     """Collects the statements that read the tally (the figures' only source)."""
-    seen: list[str] = []
-
-    def before(conn, cursor, statement, *args):
-        if "tally" in statement.lower() and statement.lstrip().upper().startswith("SELECT"):
-            seen.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
+    return statements_sent(
+        app, lambda statement: "tally" in statement.lower() and statement.lstrip().upper().startswith("SELECT")
+    )
 
 
 def client_area(app, username: str) -> int:

@@ -9,35 +9,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from contextlib import contextmanager
 
 import pytest
-from helpers import log_in
-from sqlalchemy import event
+from helpers import log_in, statements_sent
 
 from bagtrack import signin
-from bagtrack.extensions import cache, db
+from bagtrack.extensions import cache
 
 SHORT_S = 0.2
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 
 
-@contextmanager
 def user_reads(app):
     """The statements that read a user's row, as the snapshot does."""
-    seen: list[str] = []
-
-    def before(_conn, _cursor, statement, *_args):
-        if "FROM app_user" in statement and statement.lstrip().upper().startswith("SELECT"):
-            seen.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
+    return statements_sent(
+        app, lambda statement: "FROM app_user" in statement and statement.lstrip().upper().startswith("SELECT")
+    )
 
 
 def stats_answers(client, count: int) -> list[int]:
