@@ -47,3 +47,8 @@ csrf = CSRFProtect()
 cache = Cache()
 limiter = Limiter(key_func=rate_limit_key)
 compress = Compress()
+
+
+def cache_redis():
+    """The Redis client behind ``cache`` (needs the app), or None when the cache is this process's own."""
+    return getattr(cache.cache, "_write_client", None)

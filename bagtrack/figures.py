@@ -39,7 +39,7 @@ from flask import copy_current_request_context, current_app, has_request_context
 from markupsafe import Markup
 
 from . import floor, observability, stats
-from .extensions import cache
+from .extensions import cache, cache_redis
 from .models import OFFICE_TALLY
 
 log = logging.getLogger(__name__)
@@ -258,12 +258,11 @@ def _write_tokens(scopes: list[str]) -> None:
     # A fresh random token can never equal one an entry was computed under,
     # even after Redis evicted or lost the previous token.
     token = secrets.token_hex(8)
-    backend = cache.cache
-    client = getattr(backend, "_write_client", None)
+    client = cache_redis()
     try:
         if client is not None:
             # One MSET: every scan announces, and a pipeline costs more than a command.
-            dump = backend.serializer.dumps(token)
+            dump = cache.cache.serializer.dumps(token)
             prefix = current_app.config["CACHE_KEY_PREFIX"]
             client.mset({prefix + _token_key(scope): dump for scope in scopes})
         else:
@@ -278,7 +277,7 @@ def _take_lock(scope: str) -> str | None:
         return None
     key = _lock_key(scope)
     try:
-        client = getattr(cache.cache, "_write_client", None)
+        client = cache_redis()
         if client is not None:
             taken = client.set(current_app.config["CACHE_KEY_PREFIX"] + key, b"1", nx=True, px=LOCK_MS)
         else:

@@ -25,7 +25,7 @@ from . import twofactor
 from .audit import record
 from .codes import USERNAME_MAX_LENGTH, normalise_username
 from .errors import Refusal
-from .extensions import cache
+from .extensions import cache, cache_redis
 from .ledger import in_transaction
 from .models import AreaRef, Identity, LoginSession, RecoveryCode, User, utcnow
 
@@ -153,8 +153,7 @@ def _watch() -> dict | None:
     """This worker's view of the users' token; None when the cache is not shared (no Redis)."""
     state = current_app.extensions.get("bagtrack.users_token")
     if state is None:
-        shared = getattr(cache.cache, "_write_client", None) is not None
-        state = {"shared": shared, "token": None, "next_look": 0.0, "watching": False}
+        state = {"shared": cache_redis() is not None, "token": None, "next_look": 0.0, "watching": False}
         current_app.extensions["bagtrack.users_token"] = state
     return state if state["shared"] else None
 

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -210,6 +211,17 @@ class Gunicorn:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def on_redis(database_url: str, secret_key: str, **settings: str) -> dict:
+    """A server's environment on PostgreSQL and this run's Redis, its keys under a prefix of its own."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "SECRET_KEY": secret_key,
+        "BAGTRACK_CACHE_PREFIX": f"bagtrack-test-{uuid.uuid4().hex[:8]}:",
+        **settings,
+    }
 
 
 def http_login(base: str, username: str, password: str, *, json: bool = True) -> requests.Session:

@@ -296,24 +296,21 @@ def test_an_old_entry_is_recomputed_beside_the_request_that_found_it(database_ur
     """Under gunicorn's gevent workers: past its TTL the entry is served at once and recomputed in a greenlet of
     its own, so no request but the very first waits for the figures' statement; the new figures follow."""
     import json
-    import os
 
     from helpers import PASSWORD
-    from servers import Gunicorn, http_login
+    from servers import Gunicorn, http_login, on_redis
 
     parent_qr = make_parent().qr
     make_user("floor")
-    environment = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": os.environ["REDIS_URL"],
-        "SECRET_KEY": "figures-serving-test-secret-figures-serving",
-        "BAGTRACK_CACHE_PREFIX": f"bagtrack-test-{uuid.uuid4().hex[:8]}:",
-        "BAGTRACK_STATS_TTL_S": "0.5",
-        "BAGTRACK_STATS_LOCAL_S": "0",
+    environment = on_redis(
+        database_url,
+        "figures-serving-test-secret-figures-serving",
+        BAGTRACK_STATS_TTL_S="0.5",
+        BAGTRACK_STATS_LOCAL_S="0",
         # Every request and every statement is logged with its request id.
-        "BAGTRACK_SLOW_REQUEST_MS": "0.001",
-        "BAGTRACK_SLOW_QUERY_MS": "0.001",
-    }
+        BAGTRACK_SLOW_REQUEST_MS="0.001",
+        BAGTRACK_SLOW_QUERY_MS="0.001",
+    )
     server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
     try:
         browser = http_login(server.base, "floor", PASSWORD)

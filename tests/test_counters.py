@@ -110,17 +110,11 @@ def test_hits_counted_while_redis_is_away_are_reported_when_it_answers(workers):
 def test_a_scan_limit_holds_across_gunicorn_workers(database_url, make_user, make_parent, tmp_path):
     """Two gevent workers on PostgreSQL and Redis: the scan limit holds, the dashboard is served from the cache."""
     from helpers import PASSWORD
-    from servers import Gunicorn, http_login
+    from servers import Gunicorn, http_login, on_redis
 
     parent_qr = make_parent().qr
     make_user("handheld")
-    environment = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": os.environ["REDIS_URL"],
-        "SECRET_KEY": "counters-serving-test-secret-counters",
-        "BAGTRACK_CACHE_PREFIX": f"bagtrack-test-{uuid.uuid4().hex[:8]}:",
-        "BAGTRACK_LIMIT_SCAN": "20/minute",
-    }
+    environment = on_redis(database_url, "counters-serving-test-secret-counters", BAGTRACK_LIMIT_SCAN="20/minute")
     server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
     try:
         scanner = http_login(server.base, "handheld", PASSWORD)

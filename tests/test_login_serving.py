@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -10,7 +9,7 @@ import pyotp
 import pytest
 import requests
 from helpers import CSRF_META, PASSWORD
-from servers import Gunicorn, flask_command, http_login
+from servers import Gunicorn, flask_command, http_login, on_redis
 
 # Each request on a new connection, so both workers answer some of them.
 NEW_CONNECTION = {"Connection": "close", "Accept": "application/json"}
@@ -109,15 +108,13 @@ def test_workers_keep_a_user_until_a_change_is_told_and_see_it_at_once(database_
     """With Redis, an unchanged user is not read again per request; a disable from the command line reaches both
     workers within ``BAGTRACK_USER_CACHE_S``, though their snapshots could live a minute."""
     make_user("floor")
-    redis_url = os.environ["REDIS_URL"]
-    environment = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": "login-serving-test-secret-login-serving",
-        "BAGTRACK_USER_CACHE_S": "0.2",
+    environment = on_redis(
+        database_url,
+        "login-serving-test-secret-login-serving",
+        BAGTRACK_USER_CACHE_S="0.2",
         # Every statement is logged, so the log shows each read of the user.
-        "BAGTRACK_SLOW_QUERY_MS": "0.001",
-    }
+        BAGTRACK_SLOW_QUERY_MS="0.001",
+    )
     server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
     try:
         browser = http_login(server.base, "floor", PASSWORD)
@@ -128,7 +125,8 @@ def test_workers_keep_a_user_until_a_change_is_told_and_see_it_at_once(database_
         # Each worker read the user once, though every batch came after the snapshot's short life.
         assert server.log().count(USER_READ) - reads <= 2
 
-        flask_command(database_url, "users", "disable", "floor", environment={"REDIS_URL": redis_url})
+        # The command tells the change where the server looks: the same Redis and key prefix.
+        flask_command(database_url, "users", "disable", "floor", environment=environment)
         time.sleep(0.5)
         assert set(statuses(browser, f"{server.base}/api/stats", 10)) == {401}
     finally:
