@@ -22,10 +22,15 @@ seen within that second.
 When an entry is stale, one worker (the holder of a short lock) recomputes it
 while the others serve the stale entry; with no entry at all they wait briefly
 for the holder. An entry that is only old (nothing it sums was announced
-since) is recomputed beside the request that found it, in a greenlet of its
-own under gevent, and that request serves the old entry. Every cache call fails open: a Redis error means a direct
-query, and Redis is left alone for ``BAGTRACK_REDIS_RETRY_S`` seconds so an
-outage costs one timeout, not one per request.
+since), or stale by another user's write, is recomputed beside the request
+that found it, in a greenlet of its own under gevent, and that request
+serves the old entry; the writer's own requests wait for the recomputation,
+so the next page of whoever made a write shows it (within a worker's
+remembered second when the page lands on another worker).
+
+Every cache call fails open: a Redis error means a direct query, and Redis
+is left alone for ``BAGTRACK_REDIS_RETRY_S`` seconds so an outage costs one
+timeout, not one per request.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import time
 from collections.abc import Iterable
 
 from flask import copy_current_request_context, current_app, has_request_context, render_template
+from flask_login import current_user
 from markupsafe import Markup
 
 from . import floor, observability, stats
@@ -60,8 +66,8 @@ def dashboard_figures(session, area_id: int | None) -> dict:
     """The figures of ``/api/stats`` for one area (``None``: all areas), at most a TTL old.
 
     A figure never stays stale after the write that changed it has been
-    announced, except for the few milliseconds another worker spends
-    recomputing it. A cache failure falls back to computing the figures.
+    announced, except for the few milliseconds its recomputation takes. A
+    cache failure falls back to computing the figures.
     """
     scope = "all" if area_id is None else str(area_id)
     return _served(scope, scope, lambda: stats.tally_figures(session, area_id))
@@ -104,8 +110,12 @@ def _served(name: str, scope: str, compute):
         served = entry["value"] if entry is not None else _wait_for_entry(keys)
         observability.count_cache(hit=served is not None)
         return served if served is not None else compute()
-    if entry is not None and entry.get("tokens") == tokens and _recompute_beside(keys[0], tokens, compute, lock):
-        # Only old, with nothing it sums announced since: this request serves it.
+    if (
+        entry is not None
+        and not _written_by_this_user(entry, tokens)
+        and _recompute_beside(keys[0], tokens, compute, lock)
+    ):
+        # Only old, or changed by someone else's write: this request serves it.
         observability.count_cache(hit=True)
         return _remember(name, entry["value"])
     observability.count_cache(hit=False)
@@ -122,9 +132,10 @@ def _recompute_beside(key: str, tokens: list, compute, lock: str) -> bool:
 
     A recomputation on the request path made that request the floor's
     slowest; under gevent the request serves the old entry at once and the
-    worker recomputes it while the request's answer goes out. A recomputation
-    after an announced write still happens on the request path, so the
-    writer's next page shows its write.
+    worker recomputes it while the request's answer goes out. After an
+    announced write the writer's own requests still recompute on the request
+    path, so the writer's next page shows its write; everyone else's are
+    served the old entry, as they are while another worker recomputes it.
     """
     if not (_under_gevent() and has_request_context()):
         return False
@@ -141,6 +152,24 @@ def _recompute_beside(key: str, tokens: list, compute, lock: str) -> bool:
 
     gevent.spawn(recompute)
     return True
+
+
+def _written_by_this_user(entry: dict, tokens: list) -> bool:
+    """Whether a token that changed since ``entry`` was computed was stamped by the current user's write."""
+    writer = _writer()
+    if writer is None:
+        return False
+    return any(
+        token != seen and isinstance(token, str) and token.endswith(f":{writer}")
+        for token, seen in zip(tokens, entry.get("tokens") or [None] * len(tokens), strict=False)
+    )
+
+
+def _writer() -> str | None:
+    """Who the current request acts for, as written into the tokens its writes stamp (None: no user)."""
+    if not has_request_context() or not current_user.is_authenticated:
+        return None
+    return str(current_user.get_id())
 
 
 def _under_gevent() -> bool:
@@ -256,8 +285,9 @@ def _write_tokens(scopes: list[str]) -> None:
     if not _available():
         return
     # A fresh random token can never equal one an entry was computed under,
-    # even after Redis evicted or lost the previous token.
-    token = secrets.token_hex(8)
+    # even after Redis evicted or lost the previous token. It ends with the
+    # writer, whose next requests then wait for the figures that show the write.
+    token = f"{secrets.token_hex(8)}:{_writer() or ''}"
     client = cache_redis()
     try:
         if client is not None:

@@ -336,3 +336,52 @@ def test_an_old_entry_is_recomputed_beside_the_request_that_found_it(database_ur
     assert stats_requests[0] in figures_statements
     assert not figures_statements & set(stats_requests[1:]), figures_statements
     assert len(figures_statements) >= 2
+
+
+def test_an_office_write_waits_for_new_figures_only_for_its_writer(database_url, make_user, make_parent, tmp_path):
+    """Under gunicorn's gevent workers: the biller who closed a parent sees it on their next request, which
+    recomputes the figures; a dispatcher of that area is served the old figures at once while a greenlet
+    recomputes them, and sees the close right after."""
+    import json
+
+    from helpers import PASSWORD
+    from servers import Gunicorn, http_login, on_redis
+
+    parent_qr = make_parent(area="NORTH", children=1).qr
+    make_user("floor", area="NORTH")
+    make_user("office", role="biller", area=None)
+    environment = on_redis(
+        database_url,
+        "figures-writer-test-secret-figures-writer-test",
+        BAGTRACK_STATS_TTL_S="60",
+        BAGTRACK_STATS_LOCAL_S="0",
+        BAGTRACK_SLOW_REQUEST_MS="0.001",
+        BAGTRACK_SLOW_QUERY_MS="0.001",
+    )
+    server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
+    try:
+        stats_url = f"{server.base}/api/stats"
+        floor = http_login(server.base, "floor", PASSWORD)
+        office = http_login(server.base, "office", PASSWORD)
+        assert floor.get(stats_url, timeout=5).json()["parents"]["complete"] == 0
+        assert office.get(stats_url, timeout=5).json()["parents"]["complete"] == 0
+        closed = office.post(f"{server.base}/bags/{parent_qr}/close", timeout=5)
+        assert closed.status_code == 200, closed.text
+        assert office.get(stats_url, timeout=5).json()["parents"]["complete"] == 1
+        seen, deadline = [], time.monotonic() + 5
+        while time.monotonic() < deadline and (not seen or seen[-1] != 1):
+            seen.append(floor.get(stats_url, timeout=5).json()["parents"]["complete"])
+            time.sleep(0.05)
+    finally:
+        server.terminate(timeout=30)
+    assert seen[0] == 0 and seen[-1] == 1, seen
+    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    stats_requests = [entry["request_id"] for entry in entries if entry.get("endpoint") == "api.stats"]
+    figures_statements = {
+        entry.get("request_id") for entry in entries if "sum(CASE WHEN (tally." in entry.get("statement", "")
+    }
+    assert len(stats_requests) == 3 + len(seen)
+    # Both first requests computed their scope's figures, and so did the writer's request after the close.
+    assert set(stats_requests[:3]) <= figures_statements, (stats_requests, figures_statements)
+    # The dispatcher's requests never waited for a recomputation.
+    assert not figures_statements & set(stats_requests[3:]), figures_statements
