@@ -279,15 +279,28 @@ def request_id() -> str:
 
 # Garbage collection in this process, for the phases of slow requests: a
 # collection stalls every greenlet of the worker, whichever request set it off.
-_collections = {"ms": 0.0, "count": 0, "started": 0.0}
+# Collections as long as a slow request wait in "long" until a request logs them.
+_collections = {"ms": 0.0, "count": 0, "started": 0.0, "slow_ms": 0.0, "long": []}
 
 
-def _on_collection(phase: str, _info: dict) -> None:
+def _on_collection(phase: str, info: dict) -> None:
     if phase == "start":
         _collections["started"] = perf_counter()
-    else:
-        _collections["ms"] += (perf_counter() - _collections["started"]) * 1000
-        _collections["count"] += 1
+        return
+    ms = (perf_counter() - _collections["started"]) * 1000
+    _collections["ms"] += ms
+    _collections["count"] += 1
+    if 0 < _collections["slow_ms"] <= ms and len(_collections["long"]) < 100:
+        _collections["long"].append((info.get("generation"), round(ms, 3)))
+
+
+def _log_long_collections() -> None:
+    """Log the collections that took as long as a slow request; the collector's callback only notes them."""
+    long, _collections["long"] = _collections["long"], []
+    for generation, ms in long:
+        request_log.warning(
+            "slow garbage collection %.1f ms (generation %s)", ms, generation, extra={"duration_ms": ms}
+        )
 
 
 def count_query(duration_ms: float) -> None:
@@ -334,6 +347,8 @@ def _finish_request(response):
 
     slow_ms = current_app.config["BAGTRACK_SLOW_REQUEST_MS"]
     slow = bool(slow_ms) and duration_ms >= slow_ms
+    if _collections["long"]:
+        _log_long_collections()
     level = logging.WARNING if slow else logging.INFO
     if request_log.isEnabledFor(level):
         prefix = "slow request " if slow else ""
@@ -385,6 +400,7 @@ def log_slow_query(statement: str, duration_ms: float) -> None:
 
 def init_app(app: Flask) -> None:
     configure_logging(app.config["BAGTRACK_LOG_LEVEL"])
+    _collections["slow_ms"] = app.config["BAGTRACK_SLOW_REQUEST_MS"] or 0.0
     if _on_collection not in gc.callbacks:
         gc.callbacks.append(_on_collection)
     # request_started fires before any before_request function, so even a

@@ -893,8 +893,12 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
 def slow_requests(log_path: Path) -> dict:
     """How many requests took longer than the floor target (warm-up included), and where their time went."""
     count, phases = 0, {"query_ms": 0.0, "gc_ms": 0.0, "rest_ms": 0.0}
-    collections = 0
+    collections, long_collections = 0, []
     for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if '"slow garbage collection ' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                long_collections.append(json.loads(line)["duration_ms"])
+            continue
         if '"slow request ' not in line or '"phases"' not in line:
             continue
         with contextlib.suppress(ValueError, KeyError):
@@ -912,6 +916,9 @@ def slow_requests(log_path: Path) -> dict:
             f"{100 * phases[name] / total:.0f} %" for name in phases
         ),
         "garbage collections during them": collections,
+        f"garbage collections over {FLOOR_P99_MS:g} ms (all phases)": (
+            f"{len(long_collections)}, the longest {max(long_collections):.1f} ms" if long_collections else "0"
+        ),
     }
 
 

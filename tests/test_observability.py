@@ -97,13 +97,31 @@ def test_log_line_names_the_logged_in_user(make_app, make_user, log_lines):
 def test_slow_request_is_a_warning_with_where_its_time_went(make_app, log_lines):
     app = make_app(BAGTRACK_SLOW_REQUEST_MS=0.001)
     app.test_client().get("/ready", headers={"X-Request-ID": "slow-1"})
-    [line] = [line for line in request_lines(log_lines()) if line.get("request_id") == "slow-1"]
+    [line] = [
+        line
+        for line in request_lines(log_lines())
+        if line.get("request_id") == "slow-1" and not line["message"].startswith("slow garbage collection")
+    ]
     assert line["level"] == "WARNING"
     assert line["message"].startswith("slow request GET /ready 200")
     phases = line["phases"]
     assert phases["queries"] >= 1 and phases["query_ms"] > 0
     assert phases["gc_ms"] >= 0 and phases["gc_collections"] >= 0
     assert phases["query_ms"] + phases["gc_ms"] + phases["rest_ms"] == pytest.approx(line["duration_ms"], abs=0.01)
+
+
+def test_a_collection_as_long_as_a_slow_request_is_logged_by_the_next_request(make_app, log_lines):
+    """A collection stalls every greenlet of a worker: one as long as a slow request is a warning of its own."""
+    import gc
+
+    app = make_app(BAGTRACK_SLOW_REQUEST_MS=0.001)
+    gc.collect()
+    app.test_client().get("/health", headers={"X-Request-ID": "after-gc-1"})
+    lines = [line for line in request_lines(log_lines()) if line["message"].startswith("slow garbage collection")]
+    assert lines, request_lines(log_lines())
+    assert lines[0]["level"] == "WARNING" and lines[0]["duration_ms"] > 0
+    assert "(generation 2)" in lines[-1]["message"]
+    make_app()  # the default threshold again for the tests that follow
 
 
 def test_fast_request_stays_quiet_at_warning_level(make_app, log_lines):
