@@ -126,7 +126,7 @@ def post_worker_init(worker):
     are no longer walked by full collections. The young generation keeps
     Python's default size: collections are frequent but each takes about a
     millisecond. A first generation of 50,000 objects made them rare and each
-    one 30-70 ms long, a stall that landed on whichever requests were in
+    one 20-90 ms long, a stall that landed on whichever requests were in
     flight, and cost more collection time in all.
     """
     gc.freeze()

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import and_, func, literal_column, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, joinedload
 
 from .access import area_scope, may_see_area, scoped
 from .codes import (
@@ -27,7 +27,6 @@ from .codes import (
 from .errors import Refusal
 from .exporting import Days, parse_day
 from .models import AuditEntry, Bag, Bill, DispatchArea, Scan, User, utcnow
-from .scanning import find_bag
 from .timeline import SLACK, first_id_from
 
 SCAN_KINDS = ("parent", "child", "undo", "close", "load", "unload", "remove", "reopen")
@@ -239,11 +238,15 @@ def bag_page(session, user: User, filters: BagFilters, *, limit: int, before: in
 
 
 def visible_bag(session, user: User, raw_qr: str | None) -> Bag | None:
-    """The bag ``raw_qr`` names, or None when it is unknown or outside the user's area."""
+    """The bag ``raw_qr`` names, or None when it is unknown or outside the user's area.
+
+    The bill a parent travels on is read in the same statement, so showing
+    the bag's holders (:func:`holders_of`) finds it in the session.
+    """
     code = normalise(raw_qr)
     if not 0 < len(code) <= QR_MAX_LENGTH:
         return None
-    bag = find_bag(session, code)
+    bag = session.scalars(select(Bag).options(joinedload(Bag.bill)).where(Bag.qr == code)).one_or_none()
     if bag is None or not may_see_area(user, bag.area_id):
         return None
     return bag
@@ -271,11 +274,16 @@ def bill_no_of(session, parent: Bag) -> str | None:
 
 
 def holders_of(session, bag: Bag) -> tuple[str | None, Bill | None]:
-    """The code of the parent ``bag`` is in (children) and the bill it travels on: its own, or its parent's."""
+    """The code of the parent ``bag`` is in (children) and the bill it travels on: its own, or its parent's.
+
+    One statement at most: a child's parent is read with its bill.
+    """
     if bag.parent_id is None:
         return None, session.get(Bill, bag.bill_id) if bag.bill_id is not None else None
-    parent_qr, bill_id = session.execute(select(Bag.qr, Bag.bill_id).where(Bag.id == bag.parent_id)).one()
-    return parent_qr, session.get(Bill, bill_id) if bill_id is not None else None
+    parent_qr, bill = session.execute(
+        select(Bag.qr, Bill).outerjoin(Bill, Bill.id == Bag.bill_id).where(Bag.id == bag.parent_id)
+    ).one()
+    return parent_qr, bill
 
 
 # A prefix with fewer matches than this is read through the code index and sorted; one with
