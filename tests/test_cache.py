@@ -289,29 +289,45 @@ def test_workers_share_the_charts_one_of_them_drew(make_app, make_user, fresh_pr
     assert len(drawn) == 1
 
 
+def figures_server(database_url, tmp_path, secret: str, ttl_s: str):
+    """Two gevent workers on PostgreSQL and Redis that log every request and every statement with its request id."""
+    from servers import Gunicorn, on_redis
+
+    environment = on_redis(
+        database_url,
+        secret,
+        BAGTRACK_STATS_TTL_S=ttl_s,
+        BAGTRACK_STATS_LOCAL_S="0",
+        BAGTRACK_SLOW_REQUEST_MS="0.001",
+        BAGTRACK_SLOW_QUERY_MS="0.001",
+    )
+    return Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
+
+
+def stats_requests_and_figures_statements(server) -> tuple[list[str], set[str]]:
+    """The ids of the ``/api/stats`` requests in order, and of the requests that ran the figures' statement."""
+    import json
+
+    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    stats_requests = [entry["request_id"] for entry in entries if entry.get("endpoint") == "api.stats"]
+    figures_statements = {
+        entry.get("request_id") for entry in entries if "sum(CASE WHEN (tally." in entry.get("statement", "")
+    }
+    return stats_requests, figures_statements
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.slow
 def test_an_old_entry_is_recomputed_beside_the_request_that_found_it(database_url, make_user, make_parent, tmp_path):
     """Under gunicorn's gevent workers: past its TTL the entry is served at once and recomputed in a greenlet of
     its own, so no request but the very first waits for the figures' statement; the new figures follow."""
-    import json
-
     from helpers import PASSWORD
-    from servers import Gunicorn, http_login, on_redis
+    from servers import http_login
 
     parent_qr = make_parent().qr
     make_user("floor")
-    environment = on_redis(
-        database_url,
-        "figures-serving-test-secret-figures-serving",
-        BAGTRACK_STATS_TTL_S="0.5",
-        BAGTRACK_STATS_LOCAL_S="0",
-        # Every request and every statement is logged with its request id.
-        BAGTRACK_SLOW_REQUEST_MS="0.001",
-        BAGTRACK_SLOW_QUERY_MS="0.001",
-    )
-    server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
+    server = figures_server(database_url, tmp_path, "figures-serving-test-secret-figures-serving", "0.5")
     try:
         browser = http_login(server.base, "floor", PASSWORD)
         stats_url = f"{server.base}/api/stats"
@@ -326,11 +342,7 @@ def test_an_old_entry_is_recomputed_beside_the_request_that_found_it(database_ur
         assert seen[-1] == before + 1, seen
     finally:
         server.terminate(timeout=30)
-    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    stats_requests = [entry["request_id"] for entry in entries if entry.get("endpoint") == "api.stats"]
-    figures_statements = {
-        entry.get("request_id") for entry in entries if "sum(CASE WHEN (tally." in entry.get("statement", "")
-    }
+    stats_requests, figures_statements = stats_requests_and_figures_statements(server)
     assert len(stats_requests) == len(seen) + 1
     # The first request found no entry and computed it; every later one found one, fresh or only old.
     assert stats_requests[0] in figures_statements
@@ -338,27 +350,20 @@ def test_an_old_entry_is_recomputed_beside_the_request_that_found_it(database_ur
     assert len(figures_statements) >= 2
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
 def test_an_office_write_waits_for_new_figures_only_for_its_writer(database_url, make_user, make_parent, tmp_path):
     """Under gunicorn's gevent workers: the biller who closed a parent sees it on their next request, which
     recomputes the figures; a dispatcher of that area is served the old figures at once while a greenlet
     recomputes them, and sees the close right after."""
-    import json
-
     from helpers import PASSWORD
-    from servers import Gunicorn, http_login, on_redis
+    from servers import http_login
 
     parent_qr = make_parent(area="NORTH", children=1).qr
     make_user("floor", area="NORTH")
     make_user("office", role="biller", area=None)
-    environment = on_redis(
-        database_url,
-        "figures-writer-test-secret-figures-writer-test",
-        BAGTRACK_STATS_TTL_S="60",
-        BAGTRACK_STATS_LOCAL_S="0",
-        BAGTRACK_SLOW_REQUEST_MS="0.001",
-        BAGTRACK_SLOW_QUERY_MS="0.001",
-    )
-    server = Gunicorn(tmp_path / "gunicorn.log", environment, "-w", "2")
+    server = figures_server(database_url, tmp_path, "figures-writer-test-secret-figures-writer-test", "60")
     try:
         stats_url = f"{server.base}/api/stats"
         floor = http_login(server.base, "floor", PASSWORD)
@@ -375,11 +380,7 @@ def test_an_office_write_waits_for_new_figures_only_for_its_writer(database_url,
     finally:
         server.terminate(timeout=30)
     assert seen[0] == 0 and seen[-1] == 1, seen
-    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    stats_requests = [entry["request_id"] for entry in entries if entry.get("endpoint") == "api.stats"]
-    figures_statements = {
-        entry.get("request_id") for entry in entries if "sum(CASE WHEN (tally." in entry.get("statement", "")
-    }
+    stats_requests, figures_statements = stats_requests_and_figures_statements(server)
     assert len(stats_requests) == 3 + len(seen)
     # Both first requests computed their scope's figures, and so did the writer's request after the close.
     assert set(stats_requests[:3]) <= figures_statements, (stats_requests, figures_statements)
