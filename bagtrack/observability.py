@@ -117,10 +117,14 @@ class PoolUsage:
         self.publish()
 
     def change(self, connections: int = 0, checked_out: int = 0) -> None:
+        """Count an event; only the gauges it moves are written (a checkout and a checkin per request)."""
         with self.lock:
             self.connections += connections
             self.checked_out += checked_out
-            self.publish()
+            if connections:
+                self.publish()
+            else:
+                POOL_CHECKED_OUT.set(self.checked_out)
 
     def publish(self) -> None:
         POOL_CONNECTIONS.set(self.connections)

@@ -200,6 +200,31 @@ def test_metrics_count_requests_by_endpoint_not_path(client):
     assert "page-abc123" not in body
 
 
+def test_pool_gauges_follow_connections_checkouts_and_overflow(client):
+    """What an operator reads off the pool gauges as connections open, go out and come back."""
+
+    def gauges() -> tuple:
+        body = metrics_text(client)
+        return tuple(
+            float(body.split(f"\n{name} ", 1)[1].split("\n", 1)[0])
+            for name in ("bagtrack_db_pool_connections", "bagtrack_db_pool_checked_out", "bagtrack_db_pool_overflow")
+        )
+
+    usage = observability.PoolUsage(size=1)
+    usage.change(connections=1)
+    usage.change(checked_out=1)
+    assert gauges() == (1.0, 1.0, 0.0)
+    usage.change(connections=1)
+    usage.change(checked_out=1)
+    assert gauges() == (2.0, 2.0, 1.0)
+    usage.change(checked_out=-1)
+    usage.change(connections=-1)
+    usage.change(checked_out=-1)
+    assert gauges() == (1.0, 0.0, 0.0)
+    usage.change(connections=-1)
+    assert gauges() == (0.0, 0.0, 0.0)
+
+
 def test_metrics_show_pool_cache_and_rate_limits(client):
     client.get("/ready")
     observability.count_cache(hit=True)
