@@ -159,10 +159,8 @@ def _written_by_this_user(entry: dict, tokens: list) -> bool:
     writer = _writer()
     if writer is None:
         return False
-    return any(
-        token != seen and isinstance(token, str) and token.endswith(f":{writer}")
-        for token, seen in zip(tokens, entry.get("tokens") or [None] * len(tokens), strict=False)
-    )
+    mark = f":{writer}"
+    return any(token != seen and str(token).endswith(mark) for token, seen in zip(tokens, entry["tokens"], strict=True))
 
 
 def _writer() -> str | None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 from flask import url_for
-from helpers import JSON, statements_sent
+from helpers import JSON
 from sqlalchemy import select
 
 from bagtrack import billing
@@ -245,20 +245,3 @@ def test_bag_links_are_the_ones_url_for_makes(app, script_root):
         for qr in ("SB00001", "C000000001", "A-B 7/ü?#%"):
             assert bag_url(qr) == url_for("bags.detail", qr=qr)
         assert bag_url("SB00001") == f"{script_root}/bags/SB00001"
-
-
-def test_a_billed_bags_page_reads_it_its_holders_and_its_scans_in_three_statements(app, biller, make_parent, make_bill):
-    """A bag's page on the floor: the bag with its bill, its parent with the bill (a child's) or its children (a
-    parent's), and its latest scans; one statement each."""
-    parent = make_parent("SB00001", children=2)
-    make_bill("B-8")
-    factory = db.session.scalars(select(User).where(User.username == "factory")).one()
-    billing.load_parent(db.session, factory, "B-8", parent.qr, confirmed=True)
-    child = child_qrs(parent)[0]
-    biller.get("/bags/SB00001")  # the user's snapshot is read once, not per page
-    for qr in ("SB00001", child):
-        with statements_sent(app, lambda statement: statement.lstrip().upper().startswith("SELECT")) as statements:
-            page = biller.get(f"/bags/{qr}")
-        assert page.status_code == 200
-        assert '<a href="/bills/B-8">B-8</a>' in page.get_data(as_text=True)
-        assert len(statements) == 3, "\n---\n".join(s[:200] for s in statements)

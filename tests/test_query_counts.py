@@ -12,38 +12,29 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
-from helpers import JSON
-from sqlalchemy import event
+from helpers import JSON, statements_sent
+from sqlalchemy import select
 
 from bagtrack import billing
 from bagtrack.extensions import cache as figures_cache
 from bagtrack.extensions import db
+from bagtrack.models import Bag, User
 from bagtrack.signin import forget_signed_in
 
 
 @pytest.fixture
 def counted(app):
     """``with counted() as sent:`` collects the statements the requests inside send."""
-    engine = db.engine
 
     @contextmanager
     def count():
-        sent: list[str] = []
-
-        def record(_connection, _cursor, statement, _parameters, _context, _executemany):
-            if not statement.lstrip().upper().startswith("BEGIN"):
-                sent.append(statement)
-
         db.session.remove()
         forget_signed_in()
         # Figures cached by an earlier request (floor scans leave them cached) would make this one cheaper.
         figures_cache.clear()
         app.extensions.get("bagtrack.figures", {}).get("seen", {}).clear()
-        event.listen(engine, "before_cursor_execute", record)
-        try:
+        with statements_sent(app, lambda statement: not statement.lstrip().upper().startswith("BEGIN")) as sent:
             yield sent
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
 
     return count
 
@@ -100,6 +91,23 @@ def test_bag_pages_cost_the_same_for_3_and_30_children(counted, biller, make_par
     many_html_page, many_html = get_page(counted, biller, f"/bags/{large.qr}")
     assert all(child in many_html_page.get_data(as_text=True) for child in many_api.get_json()["children"])
     same_count(few_html, many_html)
+
+
+def test_a_billed_bags_page_reads_it_its_holders_and_its_scans_in_three_statements(app, biller, make_parent, make_bill):
+    """A bag's page on the floor: the bag with its bill, its parent with the bill (a child's) or its children (a
+    parent's), and its latest scans; one statement each."""
+    parent = make_parent("SB00001", children=2)
+    make_bill("B-8")
+    factory = db.session.scalars(select(User).where(User.username == "factory")).one()
+    billing.load_parent(db.session, factory, "B-8", parent.qr, confirmed=True)
+    child = db.session.scalars(select(Bag.qr).where(Bag.parent_id == parent.id).order_by(Bag.qr)).first()
+    biller.get("/bags/SB00001")  # the user's snapshot is read once, not per page
+    for qr in ("SB00001", child):
+        with statements_sent(app, lambda statement: statement.lstrip().upper().startswith("SELECT")) as statements:
+            page = biller.get(f"/bags/{qr}")
+        assert page.status_code == 200
+        assert '<a href="/bills/B-8">B-8</a>' in page.get_data(as_text=True)
+        assert len(statements) == 3, "\n---\n".join(s[:200] for s in statements)
 
 
 def test_bill_page_costs_the_same_for_2_and_20_parents(counted, biller, make_parent, make_bill, make_user):
