@@ -5,27 +5,38 @@ from __future__ import annotations
 import json
 
 from flask import g, has_request_context
+from sqlalchemy import bindparam, insert
 
 from .errors import Refusal
-from .models import AuditEntry, User
+from .models import AuditEntry, User, utcnow
 
 REASON_MAX = 500
+# The columns :func:`entry_row` gives values for.
+ENTRY_COLUMNS = ("at", "user_id", "actor", "action", "target", "before", "after", "request_id")
 
 
 def record(session, user: User | None, action: str, target: str, *, before=None, after=None) -> None:
     """Add an audit entry to the current transaction (it commits with the change)."""
-    request_id = g.get("request_id") if has_request_context() else None
-    session.add(
-        AuditEntry(
-            user_id=user.id if user is not None else None,
-            actor=user.username if user is not None else "cli",
-            action=action,
-            target=target[:128],
-            before=json.dumps(before, sort_keys=True, default=str) if before is not None else None,
-            after=json.dumps(after, sort_keys=True, default=str) if after is not None else None,
-            request_id=request_id,
-        )
-    )
+    session.add(AuditEntry(**entry_row(user, action, target, before=before, after=after)))
+
+
+def entry_row(user: User | None, action: str, target: str, *, before=None, after=None) -> dict:
+    """The columns of an audit entry: ``before`` and ``after`` as JSON, the request's id when there is one."""
+    return {
+        "at": utcnow(),
+        "user_id": user.id if user is not None else None,
+        "actor": user.username if user is not None else "cli",
+        "action": action,
+        "target": target[:128],
+        "before": json.dumps(before, sort_keys=True, default=str) if before is not None else None,
+        "after": json.dumps(after, sort_keys=True, default=str) if after is not None else None,
+        "request_id": g.get("request_id") if has_request_context() else None,
+    }
+
+
+def entry_insert(prefix: str):
+    """An INSERT of one audit entry, each column's value bound as ``prefix`` + its name (see :func:`entry_row`)."""
+    return insert(AuditEntry.__table__).values({column: bindparam(prefix + column) for column in ENTRY_COLUMNS})
 
 
 def reason_given(raw) -> str:

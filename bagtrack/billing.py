@@ -7,15 +7,25 @@ counts in step with what it changes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
-from .audit import reason_given, record
+from .audit import entry_insert, entry_row, reason_given, record
 from .codes import BILL_NO_MAX_LENGTH, QR_MAX_LENGTH, normalise, normalise_bill_no, require_kind
 from .errors import PARENT_EMPTY_TO_LOAD, Refusal
-from .ledger import add_to_tally, count_scan, in_transaction, log_scan
+from .ledger import (
+    add_to_tally,
+    count_scan,
+    in_transaction,
+    log_scan,
+    note_changed_tally,
+    scan_and_tally_statement,
+    scan_and_tally_values,
+)
 from .models import OFFICE_TALLY, Bag, Bill, User, utcnow
 from .scanning import visible_parent
 
@@ -223,18 +233,63 @@ def load_parent(
                 parent=parent,
                 bill=bill,
             )
-        before = bill_snapshot(bill)
-        parent.bill_id = bill.id
-        bill.parent_count += 1
-        bill.child_count += parent.child_count
-        session.flush()
-        count_scan(session, user, "load", parent=parent, bill_id=bill.id, parents_billed=1)
-        record(
-            session, user, "bill.load_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill)
-        )
+        _move_parent(session, user, bill, parent, onto=True)
         return BillChange(bill, parent)
 
     return in_transaction(session, work, user=user, scan_kind="load")
+
+
+def _move_parent(session, user: User, bill: Bill, parent: Bag, *, onto: bool) -> None:
+    """Put the locked ``parent`` on the locked ``bill`` (``onto``) or take it off: count, log and audit it.
+
+    On PostgreSQL the two rows' changes, the scan's log and tally rows and
+    the audit entry are one statement, and ``bill`` and ``parent`` take their
+    new values as committed ones (a rollback expires them).
+    """
+    before = bill_snapshot(bill)
+    sign = 1 if onto else -1
+    new_bill_id = bill.id if onto else None
+    kind, action = ("load", "bill.load_parent") if onto else ("unload", "bill.remove_parent")
+    if session.get_bind().dialect.name != "postgresql":
+        parent.bill_id = new_bill_id
+        bill.parent_count += sign
+        bill.child_count += sign * parent.child_count
+        session.flush()
+        count_scan(session, user, kind, parent=parent, bill_id=bill.id, parents_billed=sign)
+        record(session, user, action, f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill))
+        return
+    set_committed_value(parent, "bill_id", new_bill_id)
+    set_committed_value(bill, "parent_count", bill.parent_count + sign)
+    set_committed_value(bill, "child_count", bill.child_count + sign * parent.child_count)
+    audited = entry_row(user, action, f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill))
+    values = scan_and_tally_values(user, kind, parent=parent, bill_id=bill.id, parents_billed=sign)
+    values.update(
+        {f"audit_{column}": value for column, value in audited.items()},
+        moved_parent_id=parent.id,
+        moved_bill_id=new_bill_id,
+        counted_bill_id=bill.id,
+        counted_parents=sign,
+        counted_children=sign * parent.child_count,
+    )
+    note_changed_tally(session, parent.area_id)
+    session.connection().execute(_move_statement(), values)
+
+
+@functools.cache
+def _move_statement():
+    """:func:`_move_parent`'s one statement on PostgreSQL."""
+    bag, bill = Bag.__table__, Bill.__table__
+    moved = update(bag).where(bag.c.id == bindparam("moved_parent_id")).values(bill_id=bindparam("moved_bill_id"))
+    counted = (
+        update(bill)
+        .where(bill.c.id == bindparam("counted_bill_id"))
+        .values(
+            parent_count=bill.c.parent_count + bindparam("counted_parents"),
+            child_count=bill.c.child_count + bindparam("counted_children"),
+        )
+    )
+    audited = entry_insert("audit_")
+    return scan_and_tally_statement().add_cte(moved.cte("moved"), counted.cte("counted"), audited.cte("audited"))
 
 
 def remove_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | None) -> BillChange:
@@ -253,15 +308,7 @@ def remove_parent(session, user: User, raw_bill_no: str | None, raw_qr: str | No
                 parent=parent,
                 bill=bill,
             )
-        before = bill_snapshot(bill)
-        parent.bill_id = None
-        bill.parent_count -= 1
-        bill.child_count -= parent.child_count
-        session.flush()
-        count_scan(session, user, "unload", parent=parent, bill_id=bill.id, parents_billed=-1)
-        record(
-            session, user, "bill.remove_parent", f"{bill.bill_no}/{parent.qr}", before=before, after=bill_snapshot(bill)
-        )
+        _move_parent(session, user, bill, parent, onto=False)
         return BillChange(bill, parent)
 
     return in_transaction(session, work, user=user, scan_kind="unload")

@@ -64,12 +64,14 @@ HOURLY_FIELDS = ("scans_ok", "scans_rejected", "parents_complete")
 def tally_statement(dialect: str, *, hourly: bool):
     """The one statement that adds to the tally: today's area row and, with ``hourly``, the hour's row.
 
-    Parameters: ``area_id``, ``day``, ``shard`` and every tally field; with
-    ``hourly`` also ``hour``, ``user_id``, ``reason``, ``hour_scans``,
+    Parameters: ``tally_area_id``, ``day``, ``shard`` and every tally field;
+    with ``hourly`` also ``hour``, ``user_id``, ``reason``, ``hour_scans``,
     ``hour_parents_complete``, ``hour_first_at`` and ``hour_last_at``. On
     PostgreSQL both rows are written by one statement (the hour's upsert is
     a CTE of the day's); SQLite cannot, and gets :func:`hour_statement` run
-    after it.
+    after it. The area's parameter is not named ``area_id``: SQLAlchemy adds
+    a parameter named like a column to the SET of any UPDATE sent with it,
+    and callers send this statement with an UPDATE of bags as a CTE.
     """
     key = (dialect, "tally", hourly and dialect == "postgresql")
     statement = _statements.get(key)
@@ -77,7 +79,7 @@ def tally_statement(dialect: str, *, hourly: bool):
         return statement
     table = Tally.__table__
     statement = _insert(dialect, table).values(
-        area_id=bindparam("area_id"),
+        area_id=bindparam("tally_area_id"),
         day=bindparam("day"),
         shard=bindparam("shard"),
         **{field: bindparam(field) for field in TALLY_FIELDS},
@@ -102,7 +104,7 @@ def hour_statement(dialect: str):
     table = TallyHour.__table__
     statement = _insert(dialect, table).values(
         hour=bindparam("hour"),
-        area_id=bindparam("area_id"),
+        area_id=bindparam("tally_area_id"),
         user_id=bindparam("user_id"),
         reason=bindparam("reason"),
         scans=bindparam("hour_scans"),
@@ -216,15 +218,29 @@ def add_to_tally(
     so the hour is the one its scan-log rows fall in and ``at`` becomes the
     hour row's first or last scan when it is earlier or later.
     """
+    values = tally_values(area_id, user_id=user_id, reason=reason, at=at, **deltas)
+    note_changed_tally(session, area_id)
+    hourly = "hour_scans" in values
+    dialect = _dialect(session)
+    connection = session.connection()
+    connection.execute(tally_statement(dialect, hourly=hourly), values)
+    if hourly and dialect != "postgresql":
+        connection.execute(hour_statement(dialect), values)
+
+
+def tally_values(
+    area_id: int, *, user_id: int | None = None, reason: str | None = None, at: datetime | None = None, **deltas: int
+) -> dict:
+    """The parameters of :func:`tally_statement` for :func:`add_to_tally`'s arguments.
+
+    They are those of the hourly statement when they hold ``hour_scans``.
+    """
     unknown = set(deltas) - set(TALLY_FIELDS)
     if unknown:
         raise ValueError(f"not tally fields: {sorted(unknown)}")
-    note_changed_tally(session, area_id)
     at = utcnow() if at is None else at
-    hourly = any(deltas.get(field) for field in HOURLY_FIELDS)
-    dialect = _dialect(session)
-    values = {"area_id": area_id, **tally_key(at), **{field: deltas.get(field, 0) for field in TALLY_FIELDS}}
-    if hourly:
+    values = {"tally_area_id": area_id, **tally_key(at), **{field: deltas.get(field, 0) for field in TALLY_FIELDS}}
+    if any(deltas.get(field) for field in HOURLY_FIELDS):
         scans = deltas.get("scans_ok", 0) + deltas.get("scans_rejected", 0)
         values.update(
             user_id=user_id or 0,
@@ -234,10 +250,7 @@ def add_to_tally(
             hour_first_at=at if scans > 0 else None,
             hour_last_at=at if scans > 0 else None,
         )
-    connection = session.connection()
-    connection.execute(tally_statement(dialect, hourly=hourly), values)
-    if hourly and dialect != "postgresql":
-        connection.execute(hour_statement(dialect), values)
+    return values
 
 
 def add_hours(connection, hours: dict[tuple, list]) -> None:
@@ -252,7 +265,7 @@ def add_hours(connection, hours: dict[tuple, list]) -> None:
             [
                 {
                     "hour": hour,
-                    "area_id": area_id,
+                    "tally_area_id": area_id,
                     "user_id": user_id,
                     "reason": reason,
                     "hour_scans": scans,
@@ -387,9 +400,16 @@ def count_scan(
     """Log an accepted scan of ``bag`` (default: ``parent`` itself) and count it in the parent's area.
 
     ``tally`` adds what else the scan changed (children, parents_complete, ...)
-    to the same area's dashboard figures, in the same transaction.
+    to the same area's dashboard figures, in the same transaction. On
+    PostgreSQL the scan-log row and both tally rows are one statement
+    (:func:`scan_and_tally_statement`).
     """
     bag = parent if bag is None else bag
+    if _dialect(session) == "postgresql":
+        values = scan_and_tally_values(user, kind, parent=parent, bag=bag, bill_id=bill_id, reason=reason, **tally)
+        note_changed_tally(session, parent.area_id)
+        session.connection().execute(scan_and_tally_statement(), values)
+        return
     at = log_scan(
         session,
         user=user,
@@ -402,6 +422,61 @@ def count_scan(
         reason=reason,
     )
     add_to_tally(session, parent.area_id, user_id=user.id if user is not None else None, at=at, scans_ok=1, **tally)
+
+
+def scan_and_tally_statement():
+    """An accepted scan's log row as a CTE of its tally upsert, on PostgreSQL.
+
+    Its parameters are :func:`scan_and_tally_values`. A caller may add CTEs
+    of its own (the other writes of its transaction) and send them all at once;
+    it must then :func:`note_changed_tally` itself.
+    """
+    statement = _statements.get("scan and tally")
+    if statement is None:
+        logged = insert(Scan.__table__).values(
+            at=bindparam("scan_at"),
+            kind=bindparam("scan_kind"),
+            outcome="ok",
+            reason=bindparam("scan_reason"),
+            qr=bindparam("scan_qr"),
+            bag_id=bindparam("scan_bag_id"),
+            parent_id=bindparam("scan_parent_id"),
+            bill_id=bindparam("scan_bill_id"),
+            user_id=bindparam("scan_user_id"),
+            area_id=bindparam("tally_area_id"),
+        )
+        statement = _statements["scan and tally"] = tally_statement("postgresql", hourly=True).add_cte(
+            logged.cte("logged")
+        )
+    return statement
+
+
+def scan_and_tally_values(
+    user: User | None,
+    kind: str,
+    *,
+    parent,
+    bag=None,
+    bill_id: int | None = None,
+    reason: str | None = None,
+    **tally: int,
+) -> dict:
+    """The parameters of :func:`scan_and_tally_statement` (the arguments are :func:`count_scan`'s)."""
+    bag = parent if bag is None else bag
+    at = utcnow()
+    user_id = user.id if user is not None else None
+    values = tally_values(parent.area_id, user_id=user_id, at=at, scans_ok=1, **tally)
+    values.update(
+        scan_at=at,
+        scan_kind=kind,
+        scan_reason=reason,
+        scan_qr=(bag.qr or "")[:QR_MAX_LENGTH],
+        scan_bag_id=bag.id,
+        scan_parent_id=parent.id,
+        scan_bill_id=bill_id,
+        scan_user_id=user_id,
+    )
+    return values
 
 
 def _retryable(exc: DBAPIError, *, committing: bool) -> bool:

@@ -583,7 +583,7 @@ def _add_to_tally(connection, first_bag: int, last_bag: int, bill_ids: list[int]
         connection.execute(
             ledger.tally_statement(dialect, hourly=False),
             [
-                {"area_id": area_id, "day": day, "shard": 0, **dict(zip(TALLY_FIELDS, figures, strict=True))}
+                {"tally_area_id": area_id, "day": day, "shard": 0, **dict(zip(TALLY_FIELDS, figures, strict=True))}
                 for (area_id, day), figures in days.items()
             ],
         )

@@ -27,7 +27,7 @@ from bagtrack import figures
 from bagtrack.extensions import db, limiter
 from bagtrack.invariants import find_violations
 from bagtrack.ledger import in_transaction, log_scan
-from bagtrack.models import Bag, Scan, Tally
+from bagtrack.models import AuditEntry, Bag, Bill, Scan, Tally
 from bagtrack.scanning import find_bag
 
 Parent = aliased(Bag)
@@ -270,10 +270,13 @@ def test_a_connection_killed_before_commit_answers_503_and_writes_nothing(
     assert find_violations(db.session) == []
 
 
-# A new child is one statement; a loose child goes the long way, statement by statement.
+# A new child is one statement; a loose child goes the long way: its row, then its scan's log and tally rows.
 KILL_POINTS = {
     "before a new child's scan": (False, lambda sql: "INSERT INTO scan" in sql or "EXECUTE bagtrack_child_scan" in sql),
-    "half-way through a loose child's scan": (True, lambda sql: sql.lstrip().startswith("INSERT INTO scan")),
+    "half-way through a loose child's scan": (
+        True,
+        lambda sql: "INSERT INTO scan" in sql and not sql.lstrip().startswith("PREPARE"),
+    ),
 }
 
 
@@ -299,6 +302,31 @@ def test_a_connection_killed_mid_scan_is_retried_and_stores_the_scan_once(
     assert stored_parent(parent.qr)[:2] == (3, 3)
     assert "HALFWAY01" in stored_parent(parent.qr)[2]
     assert accepted_scans("HALFWAY01") == (2 if loose else 1)
+    assert find_violations(db.session) == []
+
+
+@pytest.mark.postgres
+def test_a_connection_killed_as_a_parent_is_loaded_is_retried_and_loads_it_once(
+    make_app, make_user, make_parent, make_bill, database_url
+):
+    app = make_app(**pool_config(database_url, pool_size=2, max_overflow=0))
+    parent = make_parent(children=30)
+    bill = make_bill("FAULT-LOAD", capacity=5)
+    biller = log_in(app, make_user("loader", role="biller", area=None))
+    # On PostgreSQL the parent's and the bill's rows, the scan's log and tally rows and the audit entry go together.
+    with connection_killed_when(app, database_url, "statement", lambda sql: "UPDATE bag SET bill_id" in sql) as killed:
+        response = biller.post(f"/bills/{bill.bill_no}/parents", data={"qr": parent.qr}, headers=JSON)
+    assert killed, "the fault was not injected"
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["duplicate"] is False
+    assert response.get_json()["bill"]["parent_count"] == 1
+    stored = db.session.execute(select(Bill.id, Bill.parent_count, Bill.child_count).where(Bill.id == bill.id)).one()
+    assert (stored.parent_count, stored.child_count) == (1, 30)
+    assert db.session.scalar(select(Bag.bill_id).where(Bag.qr == parent.qr)) == bill.id
+    loads = select(func.count()).select_from(Scan).where(Scan.qr == parent.qr, Scan.kind == "load")
+    assert db.session.scalar(loads) == 1
+    entries = select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "bill.load_parent")
+    assert db.session.scalar(entries) == 1
     assert find_violations(db.session) == []
 
 
