@@ -182,7 +182,7 @@ class Bag(db.Model):
     __tablename__ = "bag"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    qr: Mapped[str] = mapped_column(String(64), unique=True)
+    qr: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(6))
     status: Mapped[str] = mapped_column(String(10))
     area_id: Mapped[int] = mapped_column(ForeignKey("dispatch_area.id"))
@@ -227,8 +227,9 @@ class Bag(db.Model):
             postgresql_where=text("kind = 'parent'"),
             sqlite_where=text("kind = 'parent'"),
         ),
-        # Prefix search ("q") on PostgreSQL, whatever the database collation.
-        Index("ix_bag_qr_prefix", "qr", postgresql_ops={"qr": "varchar_pattern_ops"}),
+        # Codes are unique. On PostgreSQL the one index on them also serves the prefix search ("q"),
+        # whatever the database collation: a pattern operator class answers equality as well.
+        Index("uq_bag_qr", "qr", unique=True, postgresql_ops={"qr": "varchar_pattern_ops"}),
     )
 
     @property
@@ -264,7 +265,14 @@ class Scan(db.Model):
         ),
         Index("ix_scan_bag_id_id", "bag_id", "id"),
         Index("ix_scan_parent_id_id", "parent_id", "id"),
-        Index("ix_scan_bill_id_id", "bill_id", "id"),
+        # Scans of billed parents only: most scans are of bags on no bill.
+        Index(
+            "ix_scan_bill_id_id",
+            "bill_id",
+            "id",
+            postgresql_where=text("bill_id is not null"),
+            sqlite_where=text("bill_id is not null"),
+        ),
         Index("ix_scan_area_id_id", "area_id", "id"),
         Index("ix_scan_user_id_id", "user_id", "id"),
         # The scan log's filters, each keyset-paginated by id, also within a dispatcher's area.
