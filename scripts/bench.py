@@ -790,14 +790,14 @@ def measure(name: str, seconds: int, server: Server, recorder: Recorder, users: 
     start_cpu = CpuMark.now(server)
     recorder.reset()
     recorder.recording = True
-    started = time.monotonic()
+    started, started_at = time.monotonic(), datetime.now(UTC)
     while (left := seconds - (time.monotonic() - started)) > 0:
         gevent.sleep(min(1.0, left))
         for worker in server.workers():
             with contextlib.suppress(psutil.NoSuchProcess):
                 rss_max[worker.pid] = max(rss_max.get(worker.pid, 0), worker.memory_info().rss)
     recorder.recording = False
-    elapsed = time.monotonic() - started
+    elapsed, ended_at = time.monotonic() - started, datetime.now(UTC)
     cpu = CpuMark.now(server).since(start_cpu)
     rss_end = {worker.pid: worker.memory_info().rss for worker in server.workers()}
     endpoints = summarise(recorder, elapsed)
@@ -805,6 +805,7 @@ def measure(name: str, seconds: int, server: Server, recorder: Recorder, users: 
     mb = 1024 * 1024
     phase = {
         "seconds": round(elapsed, 1),
+        "window": [started_at.isoformat(timespec="milliseconds"), ended_at.isoformat(timespec="milliseconds")],
         "users": users,
         "workers": len(server.workers()),
         "requests": requests,
@@ -882,6 +883,8 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
             phases.update(baseline_phases)
         notes = dict(locustfile.SHARED.notes)
         notes.update(slow_requests(server.log_path))
+        if "floor" in phases:
+            phases["floor"]["in_app"] = time_in_app(server.log_path, *phases["floor"]["window"])
         if environment.runner.exceptions:
             notes["exceptions in virtual users"] = len(environment.runner.exceptions)
         environment.runner.quit()
@@ -920,6 +923,34 @@ def slow_requests(log_path: Path) -> dict:
             f"{len(long_collections)}, the longest {max(long_collections):.1f} ms" if long_collections else "0"
         ),
     }
+
+
+def time_in_app(log_path: Path, start: str, end: str) -> dict[str, dict]:
+    """Per route, the requests' own durations between ``start`` and ``end`` (ISO times), from the request log.
+
+    The app logs each request's time from its first hook to its answer; what
+    the load generator measures beyond that is nginx, gunicorn reading the
+    request and writing the answer, the network and the generator itself.
+    """
+    durations: dict[str, list[float]] = {}
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if '"duration_ms"' not in line or '"endpoint"' not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            entry = json.loads(line)
+            # The log's times are ISO UTC with milliseconds, as the window's: they compare as strings.
+            if start <= entry["time"] <= end and entry.get("endpoint"):
+                durations.setdefault(f"{entry['method']} {entry['endpoint']}", []).append(entry["duration_ms"])
+    routes = {}
+    for route in sorted(durations):
+        ordered = sorted(durations[route])
+        routes[route] = {
+            "requests": len(ordered),
+            "p50_ms": round(percentile(ordered, 0.50), 2),
+            "p99_ms": round(percentile(ordered, 0.99), 2),
+            "max_ms": round(ordered[-1], 2),
+        }
+    return routes
 
 
 def run_baseline(args, env, durations, recorder, app_server: Server | None = None) -> tuple[dict, list[dict]]:
@@ -1152,6 +1183,20 @@ def markdown(report: dict) -> str:
             f"Worker RSS MB: max {sorted(rss['max'].values())}, start {sorted(rss['start'].values())}, "
             f"end {sorted(rss['end'].values())}.",
         ]
+        if phase.get("in_app"):
+            lines += [
+                "",
+                "The same requests in the app, from its request log (first hook to answer; the rest of the"
+                " time above is nginx, gunicorn reading and writing, the network and the load generator):",
+                "",
+                "| route | requests | p50 ms | p99 ms | max ms |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            lines += [
+                f"| {route} | {figures['requests']:,} | {figures['p50_ms']} | {figures['p99_ms']} | "
+                f"{figures['max_ms']} |"
+                for route, figures in phase["in_app"].items()
+            ]
         if cpu["other"] > 0.1 * phase["seconds"] * machine["cpus"]:
             lines += ["", f"Other processes kept the machine {cpu['other']} CPU seconds busy: the figures are skewed."]
         samples = {name: figures["error_samples"] for name, figures in phase["endpoints"].items() if figures["errors"]}
