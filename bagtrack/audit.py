@@ -11,8 +11,6 @@ from .errors import Refusal
 from .models import AuditEntry, User, utcnow
 
 REASON_MAX = 500
-# The columns :func:`entry_row` gives values for.
-ENTRY_COLUMNS = ("at", "user_id", "actor", "action", "target", "before", "after", "request_id")
 
 
 def record(session, user: User | None, action: str, target: str, *, before=None, after=None) -> None:
@@ -21,7 +19,7 @@ def record(session, user: User | None, action: str, target: str, *, before=None,
 
 
 def entry_row(user: User | None, action: str, target: str, *, before=None, after=None) -> dict:
-    """The columns of an audit entry: ``before`` and ``after`` as JSON, the request's id when there is one."""
+    """Every column of an audit entry but its id: ``before`` and ``after`` as JSON, the request's id if any."""
     return {
         "at": utcnow(),
         "user_id": user.id if user is not None else None,
@@ -36,7 +34,8 @@ def entry_row(user: User | None, action: str, target: str, *, before=None, after
 
 def entry_insert(prefix: str):
     """An INSERT of one audit entry, each column's value bound as ``prefix`` + its name (see :func:`entry_row`)."""
-    return insert(AuditEntry.__table__).values({column: bindparam(prefix + column) for column in ENTRY_COLUMNS})
+    columns = [column.name for column in AuditEntry.__table__.columns if column.name != "id"]
+    return insert(AuditEntry.__table__).values({column: bindparam(prefix + column) for column in columns})
 
 
 def reason_given(raw) -> str:
