@@ -402,38 +402,25 @@ def count_scan(
     ``tally`` adds what else the scan changed (children, parents_complete, ...)
     to the same area's dashboard figures, in the same transaction. On
     PostgreSQL the scan-log row and both tally rows are one statement
-    (:func:`scan_and_tally_statement`).
+    (:func:`scan_and_tally_statement`); SQLite, without data-modifying CTEs,
+    writes them one statement each.
     """
-    bag = parent if bag is None else bag
+    values = scan_and_tally_values(user, kind, parent=parent, bag=bag, bill_id=bill_id, reason=reason, **tally)
+    note_changed_tally(session, parent.area_id)
+    connection = session.connection()
     if _dialect(session) == "postgresql":
-        values = scan_and_tally_values(user, kind, parent=parent, bag=bag, bill_id=bill_id, reason=reason, **tally)
-        note_changed_tally(session, parent.area_id)
-        session.connection().execute(scan_and_tally_statement(), values)
+        connection.execute(scan_and_tally_statement(), values)
         return
-    at = log_scan(
-        session,
-        user=user,
-        kind=kind,
-        qr=bag.qr,
-        bag_id=bag.id,
-        parent_id=parent.id,
-        bill_id=bill_id,
-        area_id=parent.area_id,
-        reason=reason,
-    )
-    add_to_tally(session, parent.area_id, user_id=user.id if user is not None else None, at=at, scans_ok=1, **tally)
+    connection.execute(_scan_row_insert(), values)
+    connection.execute(tally_statement("sqlite", hourly=True), values)
+    connection.execute(hour_statement("sqlite"), values)
 
 
-def scan_and_tally_statement():
-    """An accepted scan's log row as a CTE of its tally upsert, on PostgreSQL.
-
-    Its parameters are :func:`scan_and_tally_values`. A caller may add CTEs
-    of its own (the other writes of its transaction) and send them all at once;
-    it must then :func:`note_changed_tally` itself.
-    """
-    statement = _statements.get("scan and tally")
+def _scan_row_insert():
+    """The INSERT of an accepted scan's log row, its values bound as :func:`scan_and_tally_values` names them."""
+    statement = _statements.get("scan row")
     if statement is None:
-        logged = insert(Scan.__table__).values(
+        statement = _statements["scan row"] = insert(Scan.__table__).values(
             at=bindparam("scan_at"),
             kind=bindparam("scan_kind"),
             outcome="ok",
@@ -445,8 +432,20 @@ def scan_and_tally_statement():
             user_id=bindparam("scan_user_id"),
             area_id=bindparam("tally_area_id"),
         )
+    return statement
+
+
+def scan_and_tally_statement():
+    """An accepted scan's log row as a CTE of its tally upsert, on PostgreSQL.
+
+    Its parameters are :func:`scan_and_tally_values`. A caller may add CTEs
+    of its own (the other writes of its transaction) and send them all at once;
+    it must then :func:`note_changed_tally` itself.
+    """
+    statement = _statements.get("scan and tally")
+    if statement is None:
         statement = _statements["scan and tally"] = tally_statement("postgresql", hourly=True).add_cte(
-            logged.cte("logged")
+            _scan_row_insert().cte("logged")
         )
     return statement
 

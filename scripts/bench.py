@@ -882,9 +882,10 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
             baseline_phases, pairs = run_baseline(args, env, durations, recorder, app_server=server)
             phases.update(baseline_phases)
         notes = dict(locustfile.SHARED.notes)
-        notes.update(slow_requests(server.log_path))
+        log_lines = server.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        notes.update(slow_requests(log_lines))
         if "floor" in phases:
-            phases["floor"]["in_app"] = time_in_app(server.log_path, *phases["floor"]["window"])
+            phases["floor"]["in_app"] = time_in_app(log_lines, *phases["floor"]["window"])
         if environment.runner.exceptions:
             notes["exceptions in virtual users"] = len(environment.runner.exceptions)
         environment.runner.quit()
@@ -893,11 +894,11 @@ def run_app_phases(args, env, durations, recorder, plan) -> tuple[dict, dict]:
     return phases, {"notes": notes, "pairs": pairs}
 
 
-def slow_requests(log_path: Path) -> dict:
-    """How many requests took longer than the floor target (warm-up included), and where their time went."""
+def slow_requests(log_lines: list[str]) -> dict:
+    """How many logged requests took longer than the floor target (warm-up included), and where their time went."""
     count, phases = 0, {"query_ms": 0.0, "gc_ms": 0.0, "rest_ms": 0.0}
     collections, long_collections = 0, []
-    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in log_lines:
         if '"slow garbage collection ' in line:
             with contextlib.suppress(ValueError, KeyError):
                 long_collections.append(json.loads(line)["duration_ms"])
@@ -925,15 +926,15 @@ def slow_requests(log_path: Path) -> dict:
     }
 
 
-def time_in_app(log_path: Path, start: str, end: str) -> dict[str, dict]:
-    """Per route, the requests' own durations between ``start`` and ``end`` (ISO times), from the request log.
+def time_in_app(log_lines: list[str], start: str, end: str) -> dict[str, dict]:
+    """Per route, the requests' own durations between ``start`` and ``end`` (ISO times), from the server's log.
 
     The app logs each request's time from its first hook to its answer; what
     the load generator measures beyond that is nginx, gunicorn reading the
     request and writing the answer, the network and the generator itself.
     """
     durations: dict[str, list[float]] = {}
-    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in log_lines:
         if '"duration_ms"' not in line or '"endpoint"' not in line:
             continue
         with contextlib.suppress(ValueError, KeyError, TypeError):
