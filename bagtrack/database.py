@@ -1,6 +1,7 @@
 """Per-connection database settings, hooked on the engine without connecting:
-transaction timeouts on PostgreSQL, SQLite's write lock, slow-query logging
-and pool gauges; and the end of each request's session."""
+transaction timeouts on PostgreSQL, SQLite's write lock, reads without a
+transaction block, slow-query logging and pool gauges; and the end of each
+request's session."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import select
 from time import perf_counter
 
-from flask import Flask, has_request_context
+from flask import Flask, current_app, has_request_context, request
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import QueuePool
@@ -17,6 +18,9 @@ from . import observability
 from .extensions import db
 
 log = logging.getLogger(__name__)
+
+# The attribute :func:`reads_only` sets on a view.
+READS_ONLY = "bagtrack_reads_only"
 
 
 def init_app(app: Flask) -> None:
@@ -39,6 +43,8 @@ def configure_engine(app: Flask, engine) -> None:
             app.config["BAGTRACK_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS"],
             per_transaction=app.config["BAGTRACK_DB_PGBOUNCER"],
         )
+        if not app.config["BAGTRACK_DB_PGBOUNCER"]:
+            _autocommit_reads(engine)
     _time_queries(engine, app.config["BAGTRACK_SLOW_QUERY_MS"])
 
 
@@ -61,6 +67,46 @@ def _end_sessions_quietly(app: Flask) -> None:
             db.session.rollback()
         except DBAPIError as error:
             log.warning("rollback at the end of the request failed: %s", observability.describe_database_error(error))
+
+
+def reads_only(view):
+    """Mark ``view`` as one that only reads: on PostgreSQL its GET requests read outside a transaction block.
+
+    Under READ COMMITTED every statement takes a snapshot of its own, inside a
+    transaction or not, so a transaction around a page's reads buys nothing
+    and costs two round trips: the ``BEGIN`` psycopg2 sends before the first
+    statement and the ``ROLLBACK`` that ends the request. A marked view's
+    connection is in autocommit mode from the moment the request connects
+    (the signed-in user's read included); the pool restores the mode when the
+    connection comes back. Only for views that write nothing: in autocommit
+    mode each statement would commit on its own.
+    """
+    setattr(view, READS_ONLY, True)
+    return view
+
+
+def _autocommit_reads(engine) -> None:
+    """Give the GET requests of :func:`reads_only` views a connection in autocommit mode.
+
+    The driver's mode is switched on the connection itself, which sends
+    nothing to the server (SQLAlchemy's ``isolation_level`` option would cost
+    a ``SET`` round trip when it restores the level), and switched back as the
+    connection returns to the pool. Not behind PgBouncer in transaction mode:
+    there the request's timeouts are ``SET LOCAL`` at the start of a
+    transaction, which needs one.
+    """
+
+    @event.listens_for(engine, "engine_connect")
+    def on_connect(connection):
+        if has_request_context() and request.method in ("GET", "HEAD"):
+            view = current_app.view_functions.get(request.endpoint)
+            if getattr(view, READS_ONLY, False):
+                connection.connection.dbapi_connection.autocommit = True
+
+    @event.listens_for(engine, "checkin")
+    def on_checkin(dbapi_connection, _record):
+        if dbapi_connection is not None and dbapi_connection.autocommit:
+            dbapi_connection.autocommit = False
 
 
 def _discard_closed_connections(engine) -> None:

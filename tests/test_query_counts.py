@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import psycopg2.extensions
 import pytest
 from helpers import JSON, statements_sent
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from bagtrack import billing
 from bagtrack.extensions import cache as figures_cache
@@ -256,3 +257,55 @@ def test_budgets_are_the_real_cost_not_a_loose_bound(app, counted, dispatcher, m
     parent = make_parent(area="NORTH")
     sent = post_counted(counted, dispatcher, "/scan/child", {"parent": parent.qr, "qr": "EXACT01"}, 201)
     assert len(sent) == budgets(app, "NEW_CHILD")[0], "\n---\n".join(sent)
+
+
+@contextmanager
+def transaction_states(app):
+    """``with transaction_states(app) as states:`` the server's transaction state after each statement sent inside.
+
+    Read off the connection itself (psycopg2 asks libpq, which tracks what the
+    server reported): ``IDLE`` after a statement means no transaction block
+    was open, so no ``BEGIN`` went before it and no ``ROLLBACK`` follows.
+    """
+    names = {
+        psycopg2.extensions.TRANSACTION_STATUS_IDLE: "IDLE",
+        psycopg2.extensions.TRANSACTION_STATUS_INTRANS: "INTRANS",
+    }
+    states: list[str] = []
+
+    def after(connection, _cursor, _statement, *_args):
+        status = connection.connection.dbapi_connection.get_transaction_status()
+        states.append(names.get(status, str(status)))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield states
+    finally:
+        event.remove(engine, "after_cursor_execute", after)
+
+
+@pytest.mark.postgres
+def test_pages_read_outside_a_transaction_block_and_writes_keep_theirs(app, biller, make_parent, make_bill):
+    """A page's reads cost no BEGIN and no ROLLBACK round trip; a scan's statements still share one transaction."""
+    parent = make_parent(area="NORTH", children=3)
+    make_bill("AUTOREAD")
+    for path in ("/", "/dashboard/live", f"/bags/{parent.qr}", "/bills/AUTOREAD", "/scans"):
+        db.session.remove()
+        forget_signed_in()  # the user's own read counts too
+        with transaction_states(app) as states:
+            response = biller.get(path)
+        assert response.status_code == 200, path
+        assert states and set(states) == {"IDLE"}, (path, states)
+
+    db.session.remove()
+    with transaction_states(app) as states:
+        response = biller.post("/scan/parent", data={"qr": parent.qr}, headers=JSON)
+    assert response.status_code == 200, response.get_json()
+    assert states and set(states) == {"INTRANS"}, states
+    # The pool gave the connection back in its usual mode: the next write is one transaction again.
+    with transaction_states(app) as states:
+        response = biller.post("/scan/child", data={"parent": parent.qr, "qr": "AUTOKID1"}, headers=JSON)
+    assert response.status_code == 201, response.get_json()
+    assert states and set(states) == {"INTRANS"}, states

@@ -8,6 +8,7 @@ from flask_login import current_user, login_required
 from .. import queries
 from ..access import area_scope, visible_figures
 from ..codes import QR_MAX_LENGTH, normalise
+from ..database import reads_only
 from ..errors import Refusal
 from ..extensions import db
 from ..figures import dashboard_figures
@@ -24,6 +25,7 @@ BAG_SCANS = 20
 
 @bp.get("/stats")
 @login_required
+@reads_only
 def stats():
     return jsonify(visible_figures(current_user, dashboard_figures(db.session, area_scope(current_user))))
 
@@ -31,6 +33,7 @@ def stats():
 @bp.get("/scans")
 @login_required
 @reads_from_replica
+@reads_only
 def scans():
     try:
         limit = positive_int_arg("limit", SCAN_PAGE, MAX_SCAN_PAGE)
@@ -44,6 +47,7 @@ def scans():
 
 @bp.get("/bags/<path:qr>")
 @login_required
+@reads_only
 def bag(qr: str):
     bag = queries.visible_bag(db.session, current_user, qr)
     if bag is None:

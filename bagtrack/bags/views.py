@@ -8,6 +8,7 @@ from flask_login import current_user, login_required
 from .. import corrections, paper, queries, scanning
 from ..access import role_required
 from ..codes import AREA_CODE_MAX_LENGTH, BILL_NO_MAX_LENGTH, QR_MAX_LENGTH, normalise
+from ..database import reads_only
 from ..errors import Refusal
 from ..extensions import db
 from ..models import Bag
@@ -36,6 +37,7 @@ def filters_from_args() -> queries.BagFilters:
 @bp.get("/bags")
 @login_required
 @reads_from_replica
+@reads_only
 def index():
     filters = filters_from_args()
     bags, next_before = queries.bag_page(
@@ -75,6 +77,7 @@ def render_bag(bag: Bag, refusal: Refusal | None = None) -> str:
 
 @bp.get("/bags/<qr>")
 @login_required
+@reads_only
 def detail(qr: str):
     bag = find_visible_bag(qr)
     if bag is None:

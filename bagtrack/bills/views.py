@@ -9,6 +9,7 @@ from sqlalchemy import select
 from .. import billing, paper, queries
 from ..access import role_required
 from ..codes import normalise
+from ..database import reads_only
 from ..errors import Refusal
 from ..extensions import db
 from ..models import Bill
@@ -62,6 +63,7 @@ def render_bill_or_error(bill_no: str):
 @bp.get("/bills")
 @role_required("biller")
 @reads_from_replica
+@reads_only
 def index():
     return render_list()
 
@@ -81,6 +83,7 @@ def create():
 
 @bp.get("/bills/<bill_no>")
 @role_required("biller")
+@reads_only
 def detail(bill_no: str):
     return render_bill(billing.find_bill(db.session, bill_no))
 
@@ -175,6 +178,7 @@ def cancel(bill_no: str):
 
 @bp.get("/bills/<bill_no>/print")
 @role_required("biller")
+@reads_only
 def print_note(bill_no: str):
     bill = billing.find_bill(db.session, bill_no)
     return render_template(

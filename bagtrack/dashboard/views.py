@@ -7,6 +7,7 @@ from flask_login import current_user, login_required
 
 from .. import queries
 from ..access import area_scope, visible_figures
+from ..database import reads_only
 from ..extensions import db
 from ..figures import dashboard_figures, floor_charts
 from ..models import utcnow
@@ -31,6 +32,7 @@ def _live_figures() -> dict:
 
 @bp.get("/")
 @login_required
+@reads_only
 def index():
     return render_template(
         "dashboard/index.html", refresh_s=current_app.config["BAGTRACK_DASHBOARD_REFRESH_S"], **_live_figures()
@@ -39,6 +41,7 @@ def index():
 
 @bp.get("/dashboard/live")
 @login_required
+@reads_only
 def live():
     """The dashboard's figures and charts alone, fetched again and again by the page's script."""
     response = make_response(render_template("dashboard/_live.html", **_live_figures()))
@@ -49,6 +52,7 @@ def live():
 @bp.get("/scans")
 @login_required
 @reads_from_replica
+@reads_only
 def scans():
     limit = current_app.config["BAGTRACK_PAGE_SIZE"]
     before = before_arg()

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from .. import exporting, floor
 from ..access import area_scope, role_required
+from ..database import reads_only
 from ..errors import Refusal
 from ..extensions import db
 from ..models import DispatchArea
@@ -53,6 +54,7 @@ def _operators_json(day, operators) -> dict:
 
 @bp.get("/reports/operators")
 @login_required
+@reads_only
 def operators():
     """Each operator's day: accepted and refused scans, parents completed, first and last scan."""
     day, fmt, area_id = floor.parse_day(request.args.get("day")), _format(), _report_area()
@@ -66,6 +68,7 @@ def operators():
 
 @bp.get("/api/reports/operators")
 @login_required
+@reads_only
 def operators_json():
     day, area_id = floor.parse_day(request.args.get("day")), _report_area()
     return jsonify(_operators_json(day, floor.operators_report(db.session, day, area_id)))
@@ -73,6 +76,7 @@ def operators_json():
 
 @bp.get("/reports/daily")
 @role_required("biller")
+@reads_only
 def daily():
     """The bills closed on one day, with their totals: a printable page, CSV or XLSX."""
     day, fmt = floor.parse_day(request.args.get("day")), _format()
@@ -84,6 +88,7 @@ def daily():
 
 @bp.get("/api/reports/daily")
 @role_required("biller")
+@reads_only
 def daily_json():
     report = floor.daily_report(db.session, floor.parse_day(request.args.get("day")))
     return jsonify(
