@@ -26,6 +26,7 @@ import uuid
 from datetime import UTC, datetime
 from time import perf_counter
 
+import greenlet
 from flask import Flask, current_app, g, has_request_context, request, request_started
 from flask_login import AnonymousUserMixin
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -307,6 +308,63 @@ def _log_long_collections() -> None:
         )
 
 
+# Under gevent, how long each request's own greenlet ran, for the phases of slow
+# requests: a request waits not only for its statements but for the turns of
+# the worker's other greenlets, and only the switches between greenlets tell
+# the two apart. Keyed by greenlet: [when it last started running, seconds run].
+_run_clocks: dict = {}
+
+
+def _on_switch(event: str, args) -> None:
+    if event not in ("switch", "throw"):
+        return
+    origin, target = args
+    now = perf_counter()
+    clock = _run_clocks.get(origin)
+    if clock is not None:
+        clock[1] += now - clock[0]
+    clock = _run_clocks.get(target)
+    if clock is not None:
+        clock[0] = now
+
+
+def _time_greenlet_runs() -> bool:
+    """Follow greenlet switches in this worker (only under gevent; False: not traced)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    if not monkey.is_module_patched("socket"):
+        return False
+    previous = greenlet.gettrace()
+    if previous is None:
+        greenlet.settrace(_on_switch)
+    elif previous is not _on_switch:
+
+        def both(event, args):
+            _on_switch(event, args)
+            previous(event, args)
+
+        greenlet.settrace(both)
+    return True
+
+
+def _start_run_clock(_sender: Flask, **_extra) -> None:
+    _run_clocks[greenlet.getcurrent()] = [perf_counter(), 0.0]
+
+
+def _stop_run_clock(_error=None) -> None:
+    _run_clocks.pop(greenlet.getcurrent(), None)
+
+
+def _ran_ms() -> float | None:
+    """How long this request's greenlet has run so far (None: not traced)."""
+    clock = _run_clocks.get(greenlet.getcurrent())
+    if clock is None:
+        return None
+    return (clock[1] + perf_counter() - clock[0]) * 1000
+
+
 def count_query(duration_ms: float) -> None:
     """Add one statement's time to the request it ran in (outside requests: nothing)."""
     if has_request_context():
@@ -318,17 +376,25 @@ def _phases(duration_ms: float) -> dict:
     """Where a slow request's time went: statements, garbage collection, and the rest.
 
     "rest" is the request's own CPU, Redis, and waiting for the worker's other
-    greenlets (or for a pool connection).
+    greenlets (or for a pool connection). Under gevent "ran_ms" is how long
+    the request's own greenlet ran (its CPU, the client side of its
+    statements, and collections it set off); the remainder of the duration
+    it spent waiting: for the database and Redis to answer, and for the
+    worker's other greenlets to yield.
     """
     gc_ms = _collections["ms"] - g.get("gc_ms_at_start", _collections["ms"])
     query_ms = g.get("query_ms", 0.0)
-    return {
+    phases = {
         "queries": g.get("queries", 0),
         "query_ms": round(query_ms, 3),
         "gc_ms": round(gc_ms, 3),
         "gc_collections": _collections["count"] - g.get("gc_count_at_start", _collections["count"]),
         "rest_ms": round(max(0.0, duration_ms - query_ms - gc_ms), 3),
     }
+    ran_ms = _ran_ms()
+    if ran_ms is not None:
+        phases["ran_ms"] = round(min(ran_ms, duration_ms), 3)
+    return phases
 
 
 def _start_request(sender: Flask, **_extra) -> None:
@@ -411,3 +477,6 @@ def init_app(app: Flask) -> None:
     # request the rate limiter refuses has its id and start time.
     request_started.connect(_start_request, app)
     app.after_request(_finish_request)
+    if app.config["BAGTRACK_SLOW_REQUEST_MS"] and _time_greenlet_runs():
+        request_started.connect(_start_run_clock, app)
+        app.teardown_request(_stop_run_clock)

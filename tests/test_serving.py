@@ -56,6 +56,8 @@ def test_gunicorn_serves_and_stops_gracefully(database_url, migrated, tmp_path):
         "SECRET_KEY": "gunicorn-test-secret-gunicorn-test-secret",
         # The command line wins over the file: this address must stay unused.
         "BAGTRACK_BIND": f"127.0.0.1:{ignored_port}",
+        # Every request is logged with where its time went.
+        "BAGTRACK_SLOW_REQUEST_MS": "0.001",
     }
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     stderr_path = tmp_path / "gunicorn.stderr"
@@ -117,8 +119,13 @@ def test_gunicorn_serves_and_stops_gracefully(database_url, migrated, tmp_path):
 
     lines = stderr_path.read_text().splitlines()
     request_lines = [json.loads(line) for line in lines if line.startswith("{")]
-    ready = [line for line in request_lines if line.get("request_id") == "gunicorn-ready-1"]
+    # The request's own line (a collection it set off is logged with its id too).
+    ready = [line for line in request_lines if line.get("request_id") == "gunicorn-ready-1" and "status" in line]
     assert ready and ready[0]["path"] == "/ready" and ready[0]["status"] == 200
+    # Under gevent the request's own greenlet is timed: it did not run while it waited for the database.
+    phases = ready[0]["phases"]
+    assert phases["queries"] >= 1
+    assert 0 < phases["ran_ms"] < ready[0]["duration_ms"]
     assert any("Shutting down" in line for line in lines)
     # The workers' metric files went away with the server.
     [metrics_line] = [line for line in lines if "Prometheus multiprocess directory: " in line]
