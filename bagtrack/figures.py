@@ -13,6 +13,9 @@ Scans on the floor (parents, children, undo) arrive many times a second and
 announce nothing to Redis: the figures they change are at most one TTL old,
 which is what the dashboard promises, and a scan costs no Redis write.
 
+The dashboard's latest scans (rendered) are cached the same way, per area
+scope: they are figures of the floor like the others, a few seconds fresh.
+
 Each worker also keeps the figures and charts it last saw for
 ``BAGTRACK_STATS_LOCAL_S`` seconds (1 s by default), so a dashboard polled by
 many screens costs no round trip to Redis; a write in the same worker drops
@@ -44,7 +47,8 @@ from flask import copy_current_request_context, current_app, has_request_context
 from flask_login import current_user
 from markupsafe import Markup
 
-from . import floor, observability, stats
+from . import floor, observability, queries, stats
+from .access import area_scope
 from .extensions import cache, cache_redis
 from .models import OFFICE_TALLY
 
@@ -60,6 +64,8 @@ WAIT_S = 0.25
 POLL_S = 0.01
 # Stale entries are kept this many TTLs so they can be served during a recomputation.
 KEEP_TTLS = 12
+# The dashboard's latest scans.
+LATEST_SCANS = 20
 
 
 def dashboard_figures(session, area_id: int | None) -> dict:
@@ -91,6 +97,27 @@ def floor_charts(session, area_id: int | None, *, with_bills: bool) -> Markup:
         return render_template("dashboard/_charts.html", charts=charts, with_bills=with_bills)
 
     return Markup(_served(name, scope, draw))
+
+
+def latest_scans(session, user) -> Markup:
+    """The latest scans ``user`` may see as the dashboard's table, cached per area scope like the charts.
+
+    Twenty rows with their links cost a dashboard more to fetch and render
+    than everything else on it but the charts; a busy floor changes them
+    many times a second, and screens poll them every few seconds. Like the
+    figures they may be a TTL old, and an office write makes them stale at
+    once. ``user`` must be a plain user object (not the request's proxy):
+    the table may be drawn in a greenlet of its own. Its rows depend on the
+    user's area scope alone, so every user of a scope shares one table.
+    """
+    area_id = area_scope(user)
+    scope = "all" if area_id is None else str(area_id)
+
+    def draw() -> str:
+        rows = queries.scan_rows(session, user, limit=LATEST_SCANS)
+        return render_template("dashboard/_scan_table.html", scans=rows)
+
+    return Markup(_served(_scans_key(scope), scope, draw))
 
 
 def _served(name: str, scope: str, compute):
@@ -194,12 +221,17 @@ def _charts_key(scope: str, with_bills: bool) -> str:
     return f"charts:{scope}:{'bills' if with_bills else 'floor'}"
 
 
+def _scans_key(scope: str) -> str:
+    return f"scans:{scope}"
+
+
 def announce(scan_kind: str | None, area_ids: Iterable[int]) -> None:
     """Called by the ledger after a commit that changed the tallies of ``area_ids`` (one scan of ``scan_kind``).
 
     A scan on the floor (a parent started or resumed, a child put into or
     taken out of one) drops this worker's remembered figures of its area
-    (its charts keep their second); the shared entry expires within its TTL. Any other write (closing a
+    (its charts and latest scans keep their second); the shared entry
+    expires within its TTL. Any other write (closing a
     parent short, loading or unloading one, corrections, imports, and with
     no scan kind) stamps a new token on its area's figures; a change to the
     office tally (bills created, closed, reopened or cancelled) on the bill
@@ -227,6 +259,7 @@ def _forget_seen(scopes: list[str], *, charts: bool = True) -> None:
         if charts:
             seen.pop(_charts_key(scope, True), None)
             seen.pop(_charts_key(scope, False), None)
+            seen.pop(_scans_key(scope), None)
 
 
 def _entry_key(scope: str) -> str:

@@ -289,6 +289,61 @@ def test_workers_share_the_charts_one_of_them_drew(make_app, make_user, fresh_pr
     assert len(drawn) == 1
 
 
+def scan_ids(page) -> list[str]:
+    """The scan ids of the latest-scans table on a dashboard page, in order."""
+    import re
+
+    return re.findall(r'data-scan-id="(\d+)"', page.get_data(as_text=True))
+
+
+def test_the_latest_scans_are_drawn_once_per_area_scope_and_shared_by_workers(
+    make_app, make_user, make_parent, fresh_prefix, monkeypatch
+):
+    from bagtrack import queries
+
+    drawn = []
+    original = queries.scan_rows
+    monkeypatch.setattr(queries, "scan_rows", lambda *args, **kwargs: drawn.append(1) or original(*args, **kwargs))
+    north_parent = make_parent(area="NORTH", children=2)
+    make_parent(area="SOUTH", children=1)
+    make_user("north", area="NORTH")
+    make_user("north2", area="NORTH")
+    make_user("south", area="SOUTH")
+    first, second = (make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0) for _ in range(2))
+
+    north_pages = [log_in(app, name).get("/") for app, name in ((first, "north"), (second, "north2"), (first, "north"))]
+    assert len(drawn) == 1, "one table for the area, whichever worker and user asked"
+    assert {tuple(scan_ids(page)) for page in north_pages} == {tuple(scan_ids(north_pages[0]))}
+    assert len(scan_ids(north_pages[0])) == 3  # the parent and its two children
+    assert north_parent.qr in north_pages[0].get_data(as_text=True)
+
+    south_page = log_in(second, "south").get("/dashboard/live")
+    assert len(drawn) == 2
+    assert len(scan_ids(south_page)) == 2 and north_parent.qr not in south_page.get_data(as_text=True)
+
+
+def test_the_latest_scans_show_a_scan_within_the_ttl_and_an_office_write_at_once_to_its_writer(
+    make_app, make_user, make_parent, fresh_prefix
+):
+    app = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=0.3, BAGTRACK_STATS_LOCAL_S=0)
+    parent = make_parent(area="NORTH", children=2)
+    floor_user = log_in(app, make_user("north", area="NORTH"))
+    before = scan_ids(floor_user.get("/"))
+    scan = floor_user.post("/scan/child", data={"parent": parent.qr, "qr": "CHILD0009"}, headers=JSON)
+    assert scan.status_code == 201, scan.get_json()
+    time.sleep(0.35)
+    after = floor_user.get("/").get_data(as_text=True)
+    assert "CHILD0009" in after and len(scan_ids(floor_user.get("/"))) == len(before) + 1
+
+    slow = make_app(CACHE_KEY_PREFIX=fresh_prefix, BAGTRACK_STATS_TTL_S=60.0)
+    office = log_in(slow, make_user("office", role="biller", area=None))
+    shown = scan_ids(office.get("/"))
+    closed = office.post(f"/bags/{parent.qr}/close", headers=JSON)
+    assert closed.status_code == 200, closed.get_json()
+    # The writer's next dashboard waits for a new table that shows the write.
+    assert scan_ids(office.get("/"))[0] not in shown
+
+
 def figures_server(database_url, tmp_path, secret: str, ttl_s: str):
     """Two gevent workers on PostgreSQL and Redis that log every request and every statement with its request id."""
     from servers import Gunicorn, on_redis

@@ -9,23 +9,21 @@ from .. import queries
 from ..access import area_scope, visible_figures
 from ..database import reads_only
 from ..extensions import db
-from ..figures import dashboard_figures, floor_charts
+from ..figures import dashboard_figures, floor_charts, latest_scans
 from ..models import utcnow
 from ..replica import reads, reads_from_replica
 from ..web import before_arg
 
 bp = Blueprint("dashboard", __name__)
 
-RECENT_SCANS = 20
-
 
 def _live_figures() -> dict:
-    """What the refreshing part of the dashboard shows: figures, charts and the latest scans."""
+    """What the refreshing part of the dashboard shows: figures, charts and the latest scans (rendered)."""
     scope = area_scope(current_user)
     return {
         "figures": visible_figures(current_user, dashboard_figures(db.session, scope)),
         "charts": floor_charts(db.session, scope, with_bills=current_user.has_role("biller")),
-        "scans": queries.scan_rows(db.session, current_user, limit=RECENT_SCANS),
+        "scan_table": latest_scans(db.session, current_user._get_current_object()),
         "now": utcnow(),
     }
 
