@@ -109,6 +109,18 @@ def refused_http(response, status: int, code: str) -> dict:
 
 
 @contextmanager
+def listening(app, name: str, listener):
+    """``listener`` hears the ``name`` event of ``app``'s engine for the length of the block."""
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, name, listener)
+    try:
+        yield
+    finally:
+        event.remove(engine, name, listener)
+
+
+@contextmanager
 def statements_sent(app, wanted):
     """Collects the statements ``app`` sends for which ``wanted(statement)`` is true."""
     seen: list[str] = []
@@ -117,10 +129,5 @@ def statements_sent(app, wanted):
         if wanted(statement):
             seen.append(statement)
 
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", before)
-    try:
+    with listening(app, "before_cursor_execute", before):
         yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", before)

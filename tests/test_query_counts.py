@@ -13,8 +13,8 @@ from contextlib import contextmanager
 
 import psycopg2.extensions
 import pytest
-from helpers import JSON, statements_sent
-from sqlalchemy import event, select
+from helpers import JSON, listening, statements_sent
+from sqlalchemy import select
 
 from bagtrack import billing
 from bagtrack.extensions import cache as figures_cache
@@ -277,13 +277,8 @@ def transaction_states(app):
         status = connection.connection.dbapi_connection.get_transaction_status()
         states.append(names.get(status, str(status)))
 
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "after_cursor_execute", after)
-    try:
+    with listening(app, "after_cursor_execute", after):
         yield states
-    finally:
-        event.remove(engine, "after_cursor_execute", after)
 
 
 @pytest.mark.postgres
