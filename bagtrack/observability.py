@@ -339,12 +339,13 @@ def _time_greenlet_runs() -> bool:
     previous = greenlet.gettrace()
     if previous is None:
         greenlet.settrace(_on_switch)
-    elif previous is not _on_switch:
+    elif _on_switch not in (previous, getattr(previous, "__wrapped__", None)):
 
         def both(event, args):
             _on_switch(event, args)
             previous(event, args)
 
+        both.__wrapped__ = _on_switch
         greenlet.settrace(both)
     return True
 
