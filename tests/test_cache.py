@@ -296,6 +296,7 @@ def scan_ids(page) -> list[str]:
     return re.findall(r'data-scan-id="(\d+)"', page.get_data(as_text=True))
 
 
+@pytest.mark.redis
 def test_the_latest_scans_are_drawn_once_per_area_scope_and_shared_by_workers(
     make_app, make_user, make_parent, fresh_prefix, monkeypatch
 ):
