@@ -16,7 +16,7 @@ which is what the dashboard promises, and a scan costs no Redis write.
 The dashboard's latest scans (rendered) are cached the same way, per area
 scope: they are figures of the floor like the others, a few seconds fresh.
 
-Each worker also keeps the figures and charts it last saw for
+Each worker also keeps the figures, charts and latest scans it last saw for
 ``BAGTRACK_STATS_LOCAL_S`` seconds (1 s by default), so a dashboard polled by
 many screens costs no round trip to Redis; a write in the same worker drops
 them at once (a floor scan, only the figures), a write in another worker is
