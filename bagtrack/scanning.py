@@ -15,8 +15,9 @@ from datetime import timedelta
 from typing import NamedTuple
 
 from flask import current_app
-from sqlalchemy import bindparam, case, insert, literal, select, update
+from sqlalchemy import bindparam, case, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .access import area_scope, may_see_area
@@ -35,10 +36,11 @@ from .ledger import (
 )
 from .models import AreaRef, Bag, DispatchArea, Scan, User, utcnow
 from .prepared import Prepared
+from .queries import children_of
 
 
 class OpenParent(NamedTuple):
-    """A parent as the one-statement child scan left it (read like a :class:`Bag`)."""
+    """A parent as a one-statement scan read or left it (read like a :class:`Bag`)."""
 
     id: int
     qr: str
@@ -47,14 +49,15 @@ class OpenParent(NamedTuple):
     capacity: int
     area_id: int
     area: AreaRef
-    bill_id: None = None
+    bill_id: int | None = None
     kind: str = "parent"
 
     @classmethod
     def from_row(cls, row, qr: str) -> OpenParent:
-        """The parent ``qr`` from a row of the locking ``UPDATE … RETURNING`` (with its area's code and name)."""
+        """The parent ``qr`` from a statement's row: its columns, its area's code and name, ``bill_id`` if read."""
         area = AreaRef(row.area_id, row.area_code, row.area_name)
-        return cls(row.id, qr, row.status, row.child_count, row.capacity, row.area_id, area)
+        bill_id = getattr(row, "bill_id", None)
+        return cls(row.id, qr, row.status, row.child_count, row.capacity, row.area_id, area, bill_id)
 
 
 class NewChild(NamedTuple):
@@ -67,8 +70,10 @@ class NewChild(NamedTuple):
 
 @dataclass
 class ParentScan:
-    parent: Bag
+    parent: Bag | OpenParent
     created: bool
+    # The parent's child codes in the order they went in, read in the scan's transaction.
+    children: list[str]
 
 
 @dataclass
@@ -136,6 +141,10 @@ def scan_parent(session, user: User, raw_qr: str | None, area_code: str | None =
 
     def work() -> ParentScan:
         code = require_kind(raw_qr, "parent")
+        if session.get_bind().dialect.name == "postgresql":
+            resumed = _resume_in_one_statement(session, user, code.value)
+            if resumed is not None:
+                return resumed
         parent = find_bag(session, code.value)
         created = False
         if parent is None:
@@ -161,9 +170,85 @@ def scan_parent(session, user: User, raw_qr: str | None, area_code: str | None =
         parent = _refuse_unless_visible(user, parent, code.value)
         # One tally row per transaction: two shard locks taken in random order could deadlock.
         count_scan(session, user, "parent", parent=parent, bill_id=parent.bill_id, parents=int(created))
-        return ParentScan(parent, created)
+        return ParentScan(parent, created, [] if created else children_of(session, parent))
 
     return in_transaction(session, work, user=user, scan_kind="parent")
+
+
+def _one_statement_parent_resume(scoped_to_area: bool):
+    """The common case of :func:`scan_parent` as one PostgreSQL statement: a known parent, resumed.
+
+    Reads the parent with its area and bill, logs the scan, adds it to the
+    tally and returns the parent's child codes in the order they went in (what
+    the handheld shows): one statement instead of four. It returns no row for
+    a code that is unknown, of another area or of a child bag, and writes
+    nothing then; the caller creates or refuses statement by statement.
+    """
+    bag, area, scan = Bag.__table__, DispatchArea.__table__, Scan.__table__
+    child = bag.alias("child")
+    found = select(
+        bag.c.id,
+        bag.c.status,
+        bag.c.child_count,
+        bag.c.capacity,
+        bag.c.area_id,
+        bag.c.bill_id,
+        select(area.c.code).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_code"),
+        select(area.c.name).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_name"),
+    ).where(bag.c.qr == bindparam("parent_qr"), bag.c.kind == "parent")
+    if scoped_to_area:
+        found = found.where(bag.c.area_id == bindparam("scope"))
+    found = found.cte("found")
+    logged = (
+        insert(scan)
+        .from_select(
+            ["at", "kind", "outcome", "qr", "bag_id", "parent_id", "bill_id", "user_id", "area_id"],
+            select(
+                bindparam("now"),
+                literal("parent"),
+                literal("ok"),
+                bindparam("parent_qr"),
+                found.c.id,
+                found.c.id,
+                found.c.bill_id,
+                bindparam("user_id"),
+                found.c.area_id,
+            ),
+        )
+        .cte("logged")
+    )
+    tallied = tally_upsert_from(found.c.area_id, scans_ok=literal(1)).cte("tallied")
+    hour_tallied = hour_upsert_from(
+        found.c.area_id, at=bindparam("now"), scans=literal(1), parents_complete=literal(0)
+    ).cte("hour_tallied")
+    children = (
+        select(func.array_agg(aggregate_order_by(child.c.qr, child.c.linked_at, child.c.id)))
+        .where(child.c.parent_id == found.c.id)
+        .scalar_subquery()
+    )
+    return select(*found.c, children.label("children")).add_cte(logged, tallied, hour_tallied)
+
+
+_ONE_STATEMENT_PARENT_RESUMES = {}
+
+
+def _resume_in_one_statement(session, user: User, parent_qr: str) -> ParentScan | None:
+    """A known parent of the user's area, resumed in one statement (PostgreSQL); None for anything else."""
+    scope = area_scope(user)
+    statement = _ONE_STATEMENT_PARENT_RESUMES.get(scope is not None)
+    if statement is None:
+        scoped = scope is not None
+        name = "parent_resume_in_area" if scoped else "parent_resume"
+        statement = _ONE_STATEMENT_PARENT_RESUMES[scoped] = Prepared(name, _one_statement_parent_resume(scoped))
+    now = utcnow()
+    row = statement.execute(
+        session.connection(),
+        {"parent_qr": parent_qr, "scope": scope, "user_id": user.id, "now": now, **tally_key(now)},
+    ).one_or_none()
+    if row is None:
+        return None
+    note_changed_tally(session, row.area_id)
+    return ParentScan(OpenParent.from_row(row, parent_qr), created=False, children=list(row.children or ()))
 
 
 def scan_child(session, user: User, raw_parent: str | None, raw_qr: str | None) -> ChildScan:

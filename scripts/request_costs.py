@@ -76,7 +76,7 @@ LAYERS = (
 
 
 FIRST_PARENT = 10_000
-KINDS = ("child scan", "/api/stats", "dashboard", "bag page", "scan log")
+KINDS = ("child scan", "parent scan", "/api/stats", "dashboard", "bag page", "scan log")
 
 
 def layer_of(filename: str, function: str) -> str:
@@ -215,6 +215,11 @@ def measure(args) -> int:
         assert response.status_code == 201, response.get_data(as_text=True)
         state["filled"] += 1
 
+    def parent_scan():
+        # As a handheld resumes the parent it is filling.
+        response = client.post("/scan/parent", data={"qr": f"SB{FIRST_PARENT:05d}"}, headers=headers)
+        assert response.status_code == 200, response.get_data(as_text=True)
+
     def stats():
         response = client.get("/api/stats", headers={"Accept": "application/json"})
         assert response.status_code == 200
@@ -240,6 +245,7 @@ def measure(args) -> int:
     results = {}
     kinds = {
         "child scan": child_scan,
+        "parent scan": parent_scan,
         "/api/stats": stats,
         "dashboard": page("/"),
         "bag page": page(full_parent),

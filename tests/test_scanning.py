@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text, update
 
 from bagtrack import billing, scanning, stats
 from bagtrack.extensions import db
-from bagtrack.models import AuditEntry, Bag, Bill, Scan, utcnow
+from bagtrack.models import AuditEntry, Bag, Bill, Scan, TallyHour, utcnow
 
 
 def fresh_bag(qr: str) -> Bag:
@@ -138,6 +138,38 @@ def test_known_parent_is_resumed(operator):
     assert result.created is False
     assert db.session.scalar(select(func.count()).select_from(Bag)) == 1
     assert [scan.outcome for scan in db.session.scalars(select(Scan))] == ["ok", "ok"]
+
+
+def test_a_resumed_parent_is_logged_counted_and_answered_with_its_children_in_order(operator, biller, make_bill):
+    """On PostgreSQL this is one statement; what it writes and answers is the same on both databases."""
+    scanning.scan_parent(db.session, operator, "SB00001")
+    for child in ("C0003", "C0001", "C0002"):
+        scanning.scan_child(db.session, operator, "SB00001", child)
+    bill = make_bill("B-7")
+    billing.load_parent(db.session, biller, "B-7", "SB00001", confirmed=True)
+    parent = fresh_bag("SB00001")
+    scans_before = stats.tally_figures(db.session, None)["scans"]["total"]
+    hour_scans = select(func.sum(TallyHour.scans)).where(TallyHour.user_id == biller.id, TallyHour.reason == "")
+    biller_before = db.session.scalar(hour_scans) or 0
+
+    result = scanning.scan_parent(db.session, biller, "sb00001")
+
+    assert result.created is False
+    assert result.children == ["C0003", "C0001", "C0002"]  # the order they went in, not the codes'
+    shown = result.parent
+    assert (shown.qr, shown.status, shown.child_count, shown.capacity) == ("SB00001", "open", 3, 30)
+    assert (shown.area.code, shown.bill_id) == ("NORTH", bill.id)
+    scan = last_scan()
+    assert (scan.kind, scan.outcome, scan.reason, scan.qr) == ("parent", "ok", None, "SB00001")
+    assert (scan.bag_id, scan.parent_id, scan.bill_id, scan.user_id, scan.area_id) == (
+        parent.id,
+        parent.id,
+        bill.id,
+        biller.id,
+        parent.area_id,
+    )
+    assert stats.tally_figures(db.session, None)["scans"]["total"] == scans_before + 1
+    assert db.session.scalar(hour_scans) == biller_before + 1
 
 
 def test_biller_names_the_area_of_a_new_parent(biller, make_area):

@@ -109,7 +109,7 @@ def answer_parent_scan(*, switched: bool = False):
         body = {
             "created": scan.created,
             "parent": parent_json(scan.parent, queries.bill_no_of(db.session, scan.parent)),
-            "children": queries.children_of(db.session, scan.parent),
+            "children": scan.children,
             "message": message,
         }
         if switched:
