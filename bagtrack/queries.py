@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from datetime import datetime
+from functools import cache
 from typing import NamedTuple
 
-from sqlalchemy import and_, func, literal_column, or_, select
+from sqlalchemy import and_, bindparam, func, literal_column, or_, select
 from sqlalchemy.orm import aliased, joinedload
 
 from .access import area_scope, may_see_area, scoped
@@ -104,17 +105,13 @@ def days_chosen(args) -> dict:
 SCAN_PARENT = aliased(Bag, name="scan_parent")
 
 
-def scan_rows(
-    session,
-    user: User,
-    *,
-    limit: int,
-    before: int | None = None,
-    bag: Bag | None = None,
-    bill: Bill | None = None,
-    filters: ScanFilters | None = None,
-):
-    """Scan log rows the user may see, newest first, with names instead of ids."""
+@cache
+def _scan_log_select(scoped_to_area: bool):
+    """The scan log's SELECT, newest first: ``limit`` (and ``scope``, the user's area) bound by name.
+
+    Built once: a SELECT of ten columns, three joins and a subquery took a
+    quarter of a millisecond to build on every page that shows scans.
+    """
     parent = SCAN_PARENT
     statement = (
         select(
@@ -134,9 +131,26 @@ def scan_rows(
         .outerjoin(User, User.id == Scan.user_id)
         .outerjoin(DispatchArea, DispatchArea.id == Scan.area_id)
         .order_by(Scan.id.desc())
-        .limit(limit)
+        .limit(bindparam("limit"))
     )
-    statement = scoped(statement, user, Scan.area_id)
+    if scoped_to_area:
+        statement = statement.where(Scan.area_id == bindparam("scope"))
+    return statement
+
+
+def scan_rows(
+    session,
+    user: User,
+    *,
+    limit: int,
+    before: int | None = None,
+    bag: Bag | None = None,
+    bill: Bill | None = None,
+    filters: ScanFilters | None = None,
+):
+    """Scan log rows the user may see, newest first, with names instead of ids."""
+    scope = area_scope(user)
+    statement = _scan_log_select(scope is not None)
     if before is not None:
         statement = statement.where(Scan.id < before)
     if bag is not None:
@@ -148,7 +162,7 @@ def scan_rows(
         statement = statement.where(Scan.bill_id == bill.id)
     if filters is not None:
         statement = _filtered_scans(session, statement, filters)
-    return session.execute(statement).all()
+    return session.execute(statement, {"limit": limit, "scope": scope}).all()
 
 
 def scan_page(session, user: User, *, limit: int, before: int | None = None, filters: ScanFilters | None = None):
@@ -237,6 +251,12 @@ def bag_page(session, user: User, filters: BagFilters, *, limit: int, before: in
     )
 
 
+# The statements every bag page and /api/bags/<qr> send, built once (values bound by name).
+_BAG_WITH_ITS_BILL = select(Bag).options(joinedload(Bag.bill)).where(Bag.qr == bindparam("qr"))
+_PARENT_WITH_ITS_BILL = select(Bag.qr, Bill).outerjoin(Bill, Bill.id == Bag.bill_id).where(Bag.id == bindparam("id"))
+_CHILDREN = select(Bag.qr).where(Bag.parent_id == bindparam("id")).order_by(Bag.linked_at, Bag.id)
+
+
 def visible_bag(session, user: User, raw_qr: str | None) -> Bag | None:
     """The bag ``raw_qr`` names, or None when it is unknown or outside the user's area.
 
@@ -246,7 +266,7 @@ def visible_bag(session, user: User, raw_qr: str | None) -> Bag | None:
     code = normalise(raw_qr)
     if not 0 < len(code) <= QR_MAX_LENGTH:
         return None
-    bag = session.scalars(select(Bag).options(joinedload(Bag.bill)).where(Bag.qr == code)).one_or_none()
+    bag = session.scalars(_BAG_WITH_ITS_BILL, {"qr": code}).one_or_none()
     if bag is None or not may_see_area(user, bag.area_id):
         return None
     return bag
@@ -280,9 +300,7 @@ def holders_of(session, bag: Bag) -> tuple[str | None, Bill | None]:
     """
     if bag.parent_id is None:
         return None, session.get(Bill, bag.bill_id) if bag.bill_id is not None else None
-    parent_qr, bill = session.execute(
-        select(Bag.qr, Bill).outerjoin(Bill, Bill.id == Bag.bill_id).where(Bag.id == bag.parent_id)
-    ).one()
+    parent_qr, bill = session.execute(_PARENT_WITH_ITS_BILL, {"id": bag.parent_id}).one()
     return parent_qr, bill
 
 
@@ -303,7 +321,7 @@ def _few_matches(session, matching) -> bool:
 
 
 def children_of(session, parent: Bag) -> list[str]:
-    return list(session.scalars(select(Bag.qr).where(Bag.parent_id == parent.id).order_by(Bag.linked_at, Bag.id)))
+    return list(session.scalars(_CHILDREN, {"id": parent.id}))
 
 
 def parents_on_bill(session, bill: Bill) -> list[Bag]:
