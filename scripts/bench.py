@@ -696,9 +696,14 @@ def named_cpu(names: tuple[str, ...], title_word: str | None = None) -> dict[int
     return seconds
 
 
-def machine_busy() -> float:
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds the machine was busy (its processes, the kernel, and time the hypervisor took), and that last part.
+
+    On a virtual machine, steal is time a vCPU was ready to run but the host
+    ran something else: every process on that vCPU stood still.
+    """
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0), getattr(times, "steal", 0.0)
 
 
 @dataclass
@@ -709,6 +714,7 @@ class CpuMark:
     postgres: dict[int, float]
     redis: dict[int, float]
     machine: float
+    steal: float
 
     @classmethod
     def now(cls, server: Server) -> CpuMark:
@@ -719,7 +725,7 @@ class CpuMark:
             # Only the backends of the benchmark database: the server may be shared.
             postgres=named_cpu(("postgres",), f" {server.database} "),
             redis=named_cpu(("redis-server",)),
-            machine=machine_busy(),
+            **dict(zip(("machine", "steal"), machine_busy(), strict=True)),
         )
 
     def since(self, start: CpuMark) -> dict[str, float]:
@@ -733,10 +739,11 @@ class CpuMark:
             "postgres": processes(self.postgres, start.postgres),
             "redis": processes(self.redis, start.redis),
         }
-        machine = self.machine - start.machine
+        machine, steal = self.machine - start.machine, self.steal - start.steal
         # Anything else busy on the machine (it may be shared) skews the figures: say how much.
-        spent["other"] = max(0.0, machine - sum(spent.values()))
+        spent["other"] = max(0.0, machine - steal - sum(spent.values()))
         spent["machine"] = machine
+        spent["steal"] = steal
         return {name: round(seconds, 2) for name, seconds in spent.items()}
 
 
@@ -1204,7 +1211,8 @@ def markdown(report: dict) -> str:
             f"nginx {cpu['proxy']}, load generator {cpu['load_generator']}, "
             f"PostgreSQL backends {cpu['postgres']}, Redis {cpu['redis']}, "
             f"other processes {cpu['other']}, whole machine {cpu['machine']} of "
-            f"{round(phase['seconds'] * machine['cpus'], 1)}. "
+            f"{round(phase['seconds'] * machine['cpus'], 1)}"
+            f"{f', of which the hypervisor took {steal} (steal)' if (steal := cpu.get('steal')) is not None else ''}. "
             f"Worker RSS MB: max {sorted(rss['max'].values())}, start {sorted(rss['start'].values())}, "
             f"end {sorted(rss['end'].values())}.",
         ]
