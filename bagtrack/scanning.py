@@ -229,22 +229,32 @@ def _one_statement_parent_resume(scoped_to_area: bool):
     return select(*found.c, children.label("children")).add_cte(logged, tallied, hour_tallied)
 
 
-_ONE_STATEMENT_PARENT_RESUMES = {}
+# The floor's one-statement scans, prepared per name and area scope: (name, scoped) -> Prepared.
+_ONE_STATEMENT_SCANS: dict[tuple[str, bool], Prepared] = {}
+
+
+def _one_statement_scan_row(session, user: User, name: str, build, **params):
+    """Run the one-statement scan ``build(scoped_to_area)`` for ``user``; its row, or None.
+
+    Besides ``params`` it is given the user's area scope, the user, the
+    moment and the tally's key.
+    """
+    scope = area_scope(user)
+    key = (name, scope is not None)
+    statement = _ONE_STATEMENT_SCANS.get(key)
+    if statement is None:
+        prepared_name = f"{name}_in_area" if scope is not None else name
+        statement = _ONE_STATEMENT_SCANS[key] = Prepared(prepared_name, build(scope is not None))
+    now = utcnow()
+    return statement.execute(
+        session.connection(),
+        {**params, "scope": scope, "user_id": user.id, "now": now, **tally_key(now)},
+    ).one_or_none()
 
 
 def _resume_in_one_statement(session, user: User, parent_qr: str) -> ParentScan | None:
     """A known parent of the user's area, resumed in one statement (PostgreSQL); None for anything else."""
-    scope = area_scope(user)
-    statement = _ONE_STATEMENT_PARENT_RESUMES.get(scope is not None)
-    if statement is None:
-        scoped = scope is not None
-        name = "parent_resume_in_area" if scoped else "parent_resume"
-        statement = _ONE_STATEMENT_PARENT_RESUMES[scoped] = Prepared(name, _one_statement_parent_resume(scoped))
-    now = utcnow()
-    row = statement.execute(
-        session.connection(),
-        {"parent_qr": parent_qr, "scope": scope, "user_id": user.id, "now": now, **tally_key(now)},
-    ).one_or_none()
+    row = _one_statement_scan_row(session, user, "parent_resume", _one_statement_parent_resume, parent_qr=parent_qr)
     if row is None:
         return None
     note_changed_tally(session, row.area_id)
@@ -461,29 +471,11 @@ def _one_statement_child_scan(scoped_to_area: bool):
     ).add_cte(logged, tallied, hour_tallied)
 
 
-_ONE_STATEMENT_CHILD_SCANS = {}
-
-
 def _new_child_into_open_parent(session, user: User, parent_qr: str, child_qr: str) -> ChildScan | None:
     """:func:`_new_child_in_steps` in one statement (PostgreSQL)."""
-    scope = area_scope(user)
-    statement = _ONE_STATEMENT_CHILD_SCANS.get(scope is not None)
-    if statement is None:
-        scoped = scope is not None
-        name = "child_scan_in_area" if scoped else "child_scan"
-        statement = _ONE_STATEMENT_CHILD_SCANS[scoped] = Prepared(name, _one_statement_child_scan(scoped))
-    now = utcnow()
-    row = statement.execute(
-        session.connection(),
-        {
-            "parent_qr": parent_qr,
-            "child_qr": child_qr,
-            "scope": scope,
-            "user_id": user.id,
-            "now": now,
-            **tally_key(now),
-        },
-    ).one_or_none()
+    row = _one_statement_scan_row(
+        session, user, "child_scan", _one_statement_child_scan, parent_qr=parent_qr, child_qr=child_qr
+    )
     if row is None:
         return None
     if row.child_id is None:
