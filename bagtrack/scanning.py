@@ -175,6 +175,20 @@ def scan_parent(session, user: User, raw_qr: str | None, area_code: str | None =
     return in_transaction(session, work, user=user, scan_kind="parent")
 
 
+def _parent_columns() -> tuple:
+    """What :meth:`OpenParent.from_row` reads of a parent: its own columns, and its area's code and name."""
+    bag, area = Bag.__table__, DispatchArea.__table__
+    return (
+        bag.c.id,
+        bag.c.status,
+        bag.c.child_count,
+        bag.c.capacity,
+        bag.c.area_id,
+        select(area.c.code).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_code"),
+        select(area.c.name).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_name"),
+    )
+
+
 def _one_statement_parent_resume(scoped_to_area: bool):
     """The common case of :func:`scan_parent` as one PostgreSQL statement: a known parent, resumed.
 
@@ -184,18 +198,9 @@ def _one_statement_parent_resume(scoped_to_area: bool):
     a code that is unknown, of another area or of a child bag, and writes
     nothing then; the caller creates or refuses statement by statement.
     """
-    bag, area, scan = Bag.__table__, DispatchArea.__table__, Scan.__table__
+    bag, scan = Bag.__table__, Scan.__table__
     child = bag.alias("child")
-    found = select(
-        bag.c.id,
-        bag.c.status,
-        bag.c.child_count,
-        bag.c.capacity,
-        bag.c.area_id,
-        bag.c.bill_id,
-        select(area.c.code).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_code"),
-        select(area.c.name).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_name"),
-    ).where(bag.c.qr == bindparam("parent_qr"), bag.c.kind == "parent")
+    found = select(*_parent_columns(), bag.c.bill_id).where(bag.c.qr == bindparam("parent_qr"), bag.c.kind == "parent")
     if scoped_to_area:
         found = found.where(bag.c.area_id == bindparam("scope"))
     found = found.cte("found")
@@ -489,7 +494,7 @@ def _new_child_into_open_parent(session, user: User, parent_qr: str, child_qr: s
 
 def _open_parent_update(scoped_to_area: bool):
     """One statement that locks an open, unbilled, not yet full parent and counts one more child in it."""
-    bag, area = Bag.__table__, DispatchArea.__table__
+    bag = Bag.__table__
     child_count = bag.c.child_count + 1
     statement = (
         update(bag)
@@ -501,15 +506,7 @@ def _open_parent_update(scoped_to_area: bool):
             bag.c.child_count < bag.c.capacity,
         )
         .values(child_count=child_count, status=case((child_count >= bag.c.capacity, "complete"), else_="open"))
-        .returning(
-            bag.c.id,
-            bag.c.status,
-            bag.c.child_count,
-            bag.c.capacity,
-            bag.c.area_id,
-            select(area.c.code).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_code"),
-            select(area.c.name).where(area.c.id == bag.c.area_id).scalar_subquery().label("area_name"),
-        )
+        .returning(*_parent_columns())
     )
     if scoped_to_area:
         statement = statement.where(bag.c.area_id == bindparam("scope"))
