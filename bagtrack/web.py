@@ -160,6 +160,10 @@ def bag_url_builder(app: Flask):
     return bag_url
 
 
+# What SQLAlchemy's pool raises when every connection it opened for a checkout was closed at once.
+POOL_GAVE_UP = "This connection is closed"
+
+
 def init_app(app: Flask) -> None:
     app.request_class = FormRequest
     app.add_template_filter(local_time)
@@ -214,6 +218,14 @@ def init_app(app: Flask) -> None:
             503,
             {"Retry-After": str(RETRY_AFTER_S)},
         )
+
+    @app.errorhandler(sqlalchemy.exc.InvalidRequestError)
+    def on_connections_lost(error: sqlalchemy.exc.InvalidRequestError):
+        # The pool gives up after replacing a connection the server closed three times in a row
+        # (the database restarting, or its connections being ended): unavailable, like an outage.
+        if str(error) != POOL_GAVE_UP:
+            raise error
+        return on_database_unavailable(error)
 
     @app.errorhandler(HTTPException)
     def on_http_error(error: HTTPException):

@@ -15,11 +15,12 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from helpers import JSON, PASSWORD, BagtrackClient, log_in, pool_config
+from helpers import JSON, PASSWORD, BagtrackClient, listening, log_in, pool_config
 from redis import Redis
 from servers import Gunicorn, RedisServer, free_port, http_login, redis_server, scratch_database
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import aliased
 from sqlalchemy.pool import NullPool
 
@@ -268,6 +269,25 @@ def test_a_connection_killed_before_commit_answers_503_and_writes_nothing(
     assert again.status_code == 201 and again.get_json()["duplicate"] is False
     assert stored_parent(parent.qr)[:2] == (3, 3)
     assert find_violations(db.session) == []
+
+
+def test_a_database_closing_every_new_connection_answers_503_not_500(app, make_user, make_parent):
+    """The pool replaces a connection the server closed, three times, then gives up: that is an outage."""
+    parent = make_parent()
+    scanner = log_in(app, make_user())
+    scanner.get("/api/stats")  # the user's snapshot is taken; the scan below needs a connection
+    db.session.remove()  # and checks one out of the pool
+
+    def closed_by_the_server(_dbapi_connection, _record, _proxy):
+        raise DisconnectionError("the server closed this connection")
+
+    with listening(app, "checkout", closed_by_the_server):
+        response = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "OUTAGE01"}, headers=JSON)
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "unavailable"
+    assert response.headers["Retry-After"] == "5"
+    again = scanner.post("/scan/child", data={"parent": parent.qr, "qr": "OUTAGE01"}, headers=JSON)
+    assert again.status_code == 201, again.get_data(as_text=True)
 
 
 # A new child is one statement; a loose child goes the long way: its row, then its scan's log and tally rows.
